@@ -1,0 +1,232 @@
+"""Host layer: a KVM host's facts, sysfs and kernel modules, on top of a transport."""
+
+from __future__ import annotations
+
+import functools
+import shlex
+from dataclasses import dataclass, field
+
+from .inventory import HostEntry
+from .transport import Transport
+
+# One round trip: everything a suite needs to decide what it can check on this host.
+# Positional arguments are the PCI addresses the inventory names; $QEMU the binary.
+PROBE = r"""
+q=${QEMU:-qemu-system-x86_64}
+echo "kernel=$(uname -r)"
+echo "arch=$(uname -m)"
+echo "cpu_vendor=$(sed -n 's/^vendor_id[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
+echo "cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
+virt=
+for f in $(sed -n 's/^flags[[:space:]]*: //p' /proc/cpuinfo | head -n1); do
+  case $f in vmx|svm) virt=$f;; esac
+done
+echo "virt_flag=$virt"
+echo "cpus=$(getconf _NPROCESSORS_ONLN)"
+echo "mem_kb=$(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo)"
+mods=
+for m in kvm kvm_intel kvm_amd kvm_pvm vfio_pci; do [ -d /sys/module/$m ] && mods="$mods$m,"; done
+echo "modules=$mods"
+for m in kvm_intel kvm_amd; do
+  [ -r /sys/module/$m/parameters/nested ] && echo "nested_$m=$(cat /sys/module/$m/parameters/nested)"
+done
+[ -c /dev/kvm ] && echo "dev_kvm=1"
+echo "iommu_groups=$(ls /sys/kernel/iommu_groups 2>/dev/null | wc -l)"
+qp=$(command -v "$q")
+echo "qemu_path=$qp"
+if [ -n "$qp" ]; then
+  echo "qemu_version=$("$qp" --version | sed -n '1s/.*version \([0-9.]*\).*/\1/p')"
+  echo "qemu_devices=$("$qp" -device help 2>/dev/null | sed -n 's/^name "\([^"]*\)".*/\1/p' | tr '\n' ',')"
+fi
+for bdf in "$@"; do
+  d=/sys/bus/pci/devices/$bdf
+  if [ -d "$d" ]; then
+    drv=; [ -e "$d/driver" ] && drv=$(basename "$(readlink "$d/driver")")
+    grp=; [ -e "$d/iommu_group" ] && grp=$(basename "$(readlink "$d/iommu_group")")
+    echo "pci $bdf vendor=$(cat "$d/vendor") device=$(cat "$d/device") driver=$drv iommu_group=$grp totalvfs=$(cat "$d/sriov_totalvfs" 2>/dev/null) numvfs=$(cat "$d/sriov_numvfs" 2>/dev/null)"
+  else
+    echo "pci $bdf missing=1"
+  fi
+done
+"""
+
+
+@dataclass(frozen=True)
+class PciFacts:
+    bdf: str
+    present: bool
+    vendor: str = ""
+    device: str = ""
+    driver: str = ""
+    iommu_group: str = ""
+    totalvfs: int | None = None
+    numvfs: int | None = None
+
+    @property
+    def vendor_device(self) -> str:
+        return f"{self.vendor.removeprefix('0x')}:{self.device.removeprefix('0x')}"
+
+
+@dataclass(frozen=True)
+class Facts:
+    kernel: str = ""
+    arch: str = ""
+    cpu_vendor: str = ""
+    cpu_model: str = ""
+    virt_flag: str = ""
+    cpus: int = 0
+    mem_kb: int = 0
+    modules: frozenset[str] = frozenset()
+    nested: dict[str, str] = field(default_factory=dict)
+    dev_kvm: bool = False
+    iommu_groups: int = 0
+    qemu_path: str = ""
+    qemu_version: str = ""
+    qemu_devices: frozenset[str] = frozenset()
+    pci: dict[str, PciFacts] = field(default_factory=dict)
+
+    @property
+    def kvm_module(self) -> str:
+        return next((m for m in ("kvm_intel", "kvm_amd") if m in self.modules), "")
+
+    @property
+    def hardware_kvm(self) -> bool:
+        """Usable hardware KVM: vmx/svm, kvm_intel/kvm_amd loaded and /dev/kvm.
+
+        /dev/kvm alone is not enough (a PVM-style kvm gives /dev/kvm with no vmx/svm, and
+        ordinary guests hang under it).
+        """
+        return bool(self.virt_flag and self.kvm_module and self.dev_kvm)
+
+    @property
+    def qemu_version_tuple(self) -> tuple[int, ...]:
+        try:
+            return tuple(int(x) for x in self.qemu_version.split("."))
+        except ValueError:
+            return ()
+
+    def why_no_kvm(self) -> str:
+        if not self.virt_flag:
+            extra = " (PVM-style kvm)" if "kvm_pvm" in self.modules else ""
+            return f"no vmx/svm in /proc/cpuinfo{extra}"
+        if not self.kvm_module:
+            mod = "kvm_intel" if self.virt_flag == "vmx" else "kvm_amd"
+            return f"{mod} is not loaded (modprobe {mod})"
+        if not self.dev_kvm:
+            return "/dev/kvm is missing"
+        return ""
+
+
+def parse_facts(text: str) -> Facts:
+    values: dict[str, str] = {}
+    pci: dict[str, PciFacts] = {}
+    for line in text.splitlines():
+        if line.startswith("pci "):
+            parts = line.split()
+            bdf, kv = parts[1], dict(p.split("=", 1) for p in parts[2:] if "=" in p)
+            if kv.get("missing"):
+                pci[bdf] = PciFacts(bdf, False)
+            else:
+                pci[bdf] = PciFacts(
+                    bdf, True, kv.get("vendor", ""), kv.get("device", ""), kv.get("driver", ""),
+                    kv.get("iommu_group", ""),
+                    int(kv["totalvfs"]) if kv.get("totalvfs") else None,
+                    int(kv["numvfs"]) if kv.get("numvfs") else None)
+        elif "=" in line:
+            key, _, value = line.partition("=")
+            values[key] = value.strip()
+
+    def num(key: str) -> int:
+        try:
+            return int(values.get(key, "0") or 0)
+        except ValueError:
+            return 0
+
+    return Facts(
+        kernel=values.get("kernel", ""),
+        arch=values.get("arch", ""),
+        cpu_vendor=values.get("cpu_vendor", ""),
+        cpu_model=values.get("cpu_model", ""),
+        virt_flag=values.get("virt_flag", ""),
+        cpus=num("cpus"),
+        mem_kb=num("mem_kb"),
+        modules=frozenset(m for m in values.get("modules", "").split(",") if m),
+        nested={k.removeprefix("nested_"): v for k, v in values.items()
+                if k.startswith("nested_")},
+        dev_kvm=values.get("dev_kvm") == "1",
+        iommu_groups=num("iommu_groups"),
+        qemu_path=values.get("qemu_path", ""),
+        qemu_version=values.get("qemu_version", ""),
+        qemu_devices=frozenset(d for d in values.get("qemu_devices", "").split(",") if d),
+        pci=pci,
+    )
+
+
+class Host:
+    """A KVM host from the inventory: facts, sysfs, modules. Guests are started on it."""
+
+    def __init__(self, entry: HostEntry, transport: Transport):
+        self.entry = entry
+        self.transport = transport
+        self.name = entry.name
+
+    def __repr__(self) -> str:  # stable across runs (Allure history ids)
+        return f"Host({self.name!r})"
+
+    def run(self, cmd, **kw):
+        return self.transport.run(cmd, **kw)
+
+    @property
+    def qemu(self) -> str:
+        return self.entry.get("kvm_qemu", "qemu-system-x86_64")
+
+    @property
+    def named_devices(self) -> tuple[str, ...]:
+        """Every PCI address the inventory lets the suites touch on this host."""
+        return tuple(sorted(set(self.entry.get("kvm_passthrough", ()))
+                            | set(self.entry.get("kvm_sriov_pf", ()))))
+
+    @functools.cached_property
+    def facts(self) -> Facts:
+        result = self.run(["sh", "-c", PROBE, "probe", *self.named_devices],
+                          env={"QEMU": self.qemu}, timeout=60)
+        return parse_facts(result.stdout)
+
+    @property
+    def accel(self) -> str:
+        """kvm or tcg: the inventory's kvm_accel, or kvm only where hardware KVM is usable."""
+        wanted = self.entry.get("kvm_accel", "auto")
+        if wanted != "auto":
+            return wanted
+        return "kvm" if self.facts.hardware_kvm else "tcg"
+
+    def summary(self) -> str:
+        f = self.facts
+        kvm = "yes" if f.hardware_kvm else f"no ({f.why_no_kvm()})"
+        qemu = f"QEMU {f.qemu_version}" if f.qemu_path else "no QEMU"
+        nested = ",".join(f"{m}={v}" for m, v in sorted(f.nested.items())) or "-"
+        return (f"{self.name}: kernel {f.kernel}, {f.cpu_vendor or '?'}, {f.cpus} CPUs, "
+                f"hardware KVM {kvm}, nested {nested}, accel {self.accel}, {qemu}, "
+                f"IOMMU groups {f.iommu_groups}")
+
+    def require_qemu_device(self, device: str) -> str | None:
+        """None when QEMU on this host has the device, else a skip reason."""
+        f = self.facts
+        if not f.qemu_path:
+            return f"{self.name}: {self.qemu} not found; install QEMU (qemu-system-x86)"
+        if device not in f.qemu_devices:
+            return (f"{self.name}: QEMU {f.qemu_version} has no -device {device}; "
+                    "install a QEMU that has it")
+        return None
+
+    # -- sysfs and modules ------------------------------------------------------------------
+    def read(self, path: str, default: str | None = None) -> str:
+        result = self.run(["cat", path], check=default is None, timeout=30)
+        return result.stdout.strip() if result.ok else default
+
+    def write(self, path: str, value: str) -> None:
+        self.run(f"printf %s {shlex.quote(value)} > {shlex.quote(path)}", become=True,
+                 timeout=60)
+
+    def module_loaded(self, module: str) -> bool:
+        return self.run(["test", "-d", f"/sys/module/{module}"], check=False, timeout=30).ok

@@ -1,0 +1,193 @@
+"""The transport interface: run commands on a host, move files, open long-lived streams."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import socket
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ..errors import CommandFailed, CommandTimeout
+
+Command = Sequence[str] | str
+
+# Grace on top of a command's own timeout before the controller gives up on the channel.
+KILL_GRACE = 5.0
+
+
+@dataclass
+class Result:
+    status: int
+    stdout: str
+    stderr: str
+    command: str
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+    def __str__(self) -> str:
+        return self.stdout
+
+
+def display(cmd: Command) -> str:
+    """The command as the user would type it (for messages)."""
+    return cmd if isinstance(cmd, str) else shlex.join(cmd)
+
+
+def argv_of(cmd: Command, env: Mapping[str, str] | None = None, sudo: bool = False) -> list[str]:
+    """A command (argv list, or a shell script string) as one argv list."""
+    if isinstance(cmd, str):
+        argv = ["sh", "-c", cmd]
+    else:
+        argv = [str(a) for a in cmd]
+        if not argv:
+            raise ValueError("empty command")
+    if env:
+        argv = ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
+    if sudo:
+        argv = ["sudo", "-n", "--", *argv]
+    return argv
+
+
+def file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Stream(ABC):
+    """A bidirectional byte stream to something on a host (a console or QMP socket)."""
+
+    @abstractmethod
+    def send(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def recv(self, size: int, timeout: float | None = None) -> bytes:
+        """Up to ``size`` bytes; b"" at end of stream; TimeoutError when nothing came in time."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def as_socket(self) -> socket.socket:
+        """A local socket whose peer is pumped to and from this stream (for asyncio libraries)."""
+        ours, theirs = socket.socketpair()
+
+        def down() -> None:
+            try:
+                while True:
+                    data = self.recv(65536)
+                    if not data:
+                        break
+                    ours.sendall(data)
+            except OSError:
+                pass
+            finally:
+                _shutdown(ours)
+
+        def up() -> None:
+            try:
+                while True:
+                    data = ours.recv(65536)
+                    if not data:
+                        break
+                    self.send(data)
+            except OSError:
+                pass
+            finally:
+                self.close()
+
+        for fn in (down, up):
+            threading.Thread(target=fn, daemon=True, name=f"stream-pump-{fn.__name__}").start()
+        return theirs
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+class Transport(ABC):
+    """Runs commands on one host. Implementations: LocalTransport, SSHTransport."""
+
+    name: str
+    workdir: str = "/var/tmp/pytest-kvm"
+    is_root: bool = True
+
+    @abstractmethod
+    def _exec(self, argv: list[str], timeout: float, input: bytes | None) -> Result: ...
+
+    def run(
+        self,
+        cmd: Command,
+        *,
+        timeout: float = 60.0,
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+        input: bytes | str | None = None,
+        become: bool = False,
+    ) -> Result:
+        """Run a command (argv list, quoted for you; or a shell script string).
+
+        Both output streams are drained together. On timeout the remote process group is
+        killed and CommandTimeout names host, command and timeout. With ``check`` a non-zero
+        exit raises CommandFailed.
+        """
+        argv = argv_of(cmd, env, sudo=become and not self.is_root)
+        data = input.encode() if isinstance(input, str) else input
+        result = self._exec(argv, timeout, data)
+        result.command = display(cmd)
+        if check and result.status != 0:
+            raise CommandFailed(self.name, result.command, result)
+        return result
+
+    def sh(self, script: str, **kw) -> str:
+        """Run a shell script and return its stdout (raises on failure)."""
+        return self.run(script, **kw).stdout
+
+    def timed_out(self, cmd: Command, timeout: float, result: Result | None = None):
+        return CommandTimeout(self.name, display(cmd), timeout, result)
+
+    @abstractmethod
+    def put(self, local: str, remote: str, mode: int | None = None) -> None: ...
+
+    @abstractmethod
+    def get(self, remote: str, local: str) -> None: ...
+
+    def put_cached(self, local: str) -> str:
+        """Upload a file once per content; returns its path on the host."""
+        digest = file_digest(local)
+        remote_dir = f"{self.workdir}/cache/{digest[:32]}"
+        remote = f"{remote_dir}/{os.path.basename(local)}"
+        probe = self.run(["test", "-f", remote], check=False, timeout=30)
+        if probe.status == 0:
+            return remote
+        self.run(["mkdir", "-p", remote_dir], timeout=30)
+        tmp = f"{remote}.part-{os.getpid()}"
+        self.put(local, tmp)
+        self.run(["mv", "-f", tmp, remote], timeout=30)
+        return remote
+
+    @abstractmethod
+    def open_stream(self, argv: Sequence[str]) -> Stream:
+        """Start a command and return a stream to its stdin/stdout."""
+
+    @abstractmethod
+    def open_tcp(self, host: str, port: int, timeout: float = 10.0):
+        """A socket-like object connected to host:port as seen from this host."""
+
+    def close(self) -> None:  # noqa: B027 - optional for implementations
+        pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"

@@ -1,0 +1,282 @@
+"""SSH transport on paramiko: one reused connection per host, TCP_NODELAY, strict host keys."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Sequence
+
+import paramiko
+
+from ..errors import (
+    AuthenticationFailed,
+    HostKeyMismatch,
+    HostUnreachable,
+    TransportError,
+    UnknownHostKey,
+)
+from .base import KILL_GRACE, Result, Stream, Transport, argv_of, display
+
+KEEPALIVE = 15
+
+
+class _AcceptNew(paramiko.MissingHostKeyPolicy):
+    """ssh's StrictHostKeyChecking=accept-new: record an unknown key, refuse a changed one."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def missing_host_key(self, client, hostname, key):
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+class SSHTransport(Transport):
+    def __init__(
+        self,
+        name: str,
+        hostname: str,
+        port: int = 22,
+        user: str = "root",
+        key_file: str | None = None,
+        password: str | None = None,
+        known_hosts: str | None = None,
+        host_key_policy: str = "strict",
+        connect_timeout: float = 10.0,
+        proxy: Transport | None = None,
+        workdir: str | None = None,
+    ):
+        self.name = name
+        self.hostname, self.port, self.user = hostname, port, user
+        self.key_file = os.path.expanduser(key_file) if key_file else None
+        self._password = password
+        self.known_hosts = os.path.expanduser(known_hosts or "~/.ssh/known_hosts")
+        self.host_key_policy = host_key_policy
+        self.connect_timeout = connect_timeout
+        self.proxy = proxy
+        if workdir:
+            self.workdir = workdir
+        self.is_root = user == "root"
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:  # never shows the password
+        return f"SSHTransport({self.name!r}, {self.user}@{self.hostname}:{self.port})"
+
+    # -- connection -------------------------------------------------------------------------
+    def _where(self) -> str:
+        return f"{self.hostname}:{self.port}"
+
+    def _socket(self):
+        if self.proxy is not None:
+            try:
+                return self.proxy.open_tcp(self.hostname, self.port, self.connect_timeout)
+            except TransportError:
+                raise
+            except Exception as exc:
+                raise HostUnreachable(f"{self.name}: cannot reach {self._where()} through "
+                                      f"{self.proxy.name}: {exc}") from None
+        try:
+            sock = socket.create_connection((self.hostname, self.port), self.connect_timeout)
+        except socket.gaierror as exc:
+            raise HostUnreachable(f"{self.name}: cannot resolve {self.hostname!r} "
+                                  f"({exc.strerror}); check ansible_host") from None
+        except TimeoutError:
+            raise HostUnreachable(f"{self.name}: no answer from {self._where()} within "
+                                  f"{self.connect_timeout:g} s") from None
+        except OSError as exc:
+            raise HostUnreachable(f"{self.name}: cannot connect to {self._where()} "
+                                  f"({exc.strerror or exc})") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def connect(self) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        if os.path.exists(self.known_hosts):
+            client.load_host_keys(self.known_hosts)
+        if self.host_key_policy == "accept-new":
+            client.set_missing_host_key_policy(_AcceptNew(self.known_hosts))
+        else:
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        sock = self._socket()
+        try:
+            client.connect(
+                self.hostname,
+                self.port,
+                username=self.user,
+                key_filename=self.key_file,
+                password=self._password,
+                sock=sock,
+                timeout=self.connect_timeout,
+                banner_timeout=self.connect_timeout,
+                auth_timeout=self.connect_timeout,
+                allow_agent=self.key_file is None and self._password is None,
+                look_for_keys=self.key_file is None and self._password is None,
+            )
+        except paramiko.BadHostKeyException:
+            sock.close()
+            key_name = self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+            raise HostKeyMismatch(
+                f"{self.name}: the host key of {self._where()} does not match {self.known_hosts}"
+                f" (possible man-in-the-middle); if the host was reinstalled, run "
+                f"ssh-keygen -f {self.known_hosts} -R '{key_name}'") from None
+        except paramiko.AuthenticationException:
+            sock.close()
+            raise AuthenticationFailed(f"{self.name}: authentication as {self.user!r} at "
+                                       f"{self._where()} failed; check ansible_user and "
+                                       "ansible_ssh_private_key_file") from None
+        except paramiko.SSHException as exc:
+            sock.close()
+            if "not found in known_hosts" in str(exc):
+                raise UnknownHostKey(
+                    f"{self.name}: the host key of {self._where()} is not in {self.known_hosts};"
+                    f" add it (ssh-keyscan -p {self.port} {self.hostname} >> {self.known_hosts})"
+                    " or set kvm_host_key=accept-new") from None
+            raise HostUnreachable(f"{self.name}: SSH to {self._where()} failed: {exc}") from None
+        except (OSError, EOFError) as exc:
+            sock.close()
+            raise HostUnreachable(f"{self.name}: SSH to {self._where()} failed: {exc}") from None
+        client.get_transport().set_keepalive(KEEPALIVE)
+        return client
+
+    def _transport(self) -> paramiko.Transport:
+        with self._lock:
+            if self._client is None or not self._client.get_transport().is_active():
+                self._drop()
+                self._client = self.connect()
+            return self._client.get_transport()
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:
+                pass
+        self._client, self._sftp = None, None
+
+    def _channel(self, kind: str = "session", **kw) -> paramiko.Channel:
+        """Open a channel; when the connection died, reconnect once."""
+        for attempt in (0, 1):
+            t = self._transport()
+            try:
+                if kind == "session":
+                    return t.open_session(timeout=self.connect_timeout)
+                return t.open_channel(kind, timeout=self.connect_timeout, **kw)
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                if kind != "session" and "Connect failed" in str(exc):
+                    raise HostUnreachable(f"{self.name}: {kind} {kw}: {exc}") from None
+                if attempt:
+                    raise HostUnreachable(f"{self.name}: lost the SSH connection to "
+                                          f"{self._where()}: {exc}") from None
+                with self._lock:
+                    self._drop()
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    # -- commands ---------------------------------------------------------------------------
+    def _exec(self, argv: list[str], timeout: float, input: bytes | None) -> Result:
+        # `timeout` kills the whole remote process group (it makes itself its leader), also
+        # when our connection is gone. It first prints its PID (= the group id) so that the
+        # controller can kill the group itself when something still holds the output open.
+        wrapped = ["sh", "-c", 'echo $$; exec timeout -k "$0" "$@"', f"{KILL_GRACE:g}",
+                   f"{timeout:g}", *argv]
+        command = display(wrapped)
+        start = time.monotonic()
+        chan = self._channel()
+        try:
+            chan.exec_command(command)
+            if input:
+                chan.sendall(input)
+            chan.shutdown_write()
+            out, err = bytearray(), bytearray()
+            deadline = start + timeout + 2 * KILL_GRACE
+            while True:
+                if chan.recv_ready():
+                    out += chan.recv(1 << 16)
+                elif chan.recv_stderr_ready():
+                    err += chan.recv_stderr(1 << 16)
+                elif chan.eof_received or chan.closed:
+                    break
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        pgid, _, rest = bytes(out).partition(b"\n")
+                        if pgid.isdigit():
+                            self._kill_group(int(pgid))
+                        raise self.timed_out(argv, timeout, Result(
+                            -1, rest.decode(errors="replace"), err.decode(errors="replace"),
+                            "", time.monotonic() - start))
+                    select.select([chan], [], [], min(left, 1.0))
+            status = chan.recv_exit_status() if chan.status_event.wait(KILL_GRACE) else -1
+        finally:
+            chan.close()
+        elapsed = time.monotonic() - start
+        _, _, out = bytes(out).partition(b"\n")  # the PID line
+        result = Result(status, out.decode(errors="replace"), err.decode(errors="replace"),
+                        "", elapsed)
+        if status in (124, 137) and elapsed >= timeout * 0.98:
+            raise self.timed_out(argv[2] if argv[:2] == ["sh", "-c"] else argv, timeout, result)
+        return result
+
+    def _kill_group(self, pgid: int) -> None:
+        try:
+            chan = self._channel()
+            chan.exec_command(f"kill -KILL -- -{pgid}")
+            chan.status_event.wait(KILL_GRACE)
+            chan.close()
+        except Exception:  # best effort: the host may be gone, which is the error we report
+            pass
+
+    # -- files ------------------------------------------------------------------------------
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        if self._sftp is None or self._sftp.sock.closed:
+            self._transport()
+            self._sftp = self._client.open_sftp()
+        return self._sftp
+
+    def put(self, local: str, remote: str, mode: int | None = None) -> None:
+        sftp = self._sftp_client()
+        sftp.put(local, remote)
+        if mode is not None:
+            sftp.chmod(remote, mode)
+
+    def get(self, remote: str, local: str) -> None:
+        self._sftp_client().get(remote, local)
+
+    # -- streams ----------------------------------------------------------------------------
+    def open_stream(self, argv: Sequence[str]) -> Stream:
+        chan = self._channel()
+        chan.exec_command(display(argv_of(list(argv), sudo=not self.is_root)))
+        return _ChannelStream(chan)
+
+    def open_tcp(self, host: str, port: int, timeout: float = 10.0):
+        return self._channel("direct-tcpip", dest_addr=(host, port), src_addr=("127.0.0.1", 0))
+
+
+class _ChannelStream(Stream):
+    def __init__(self, chan: paramiko.Channel):
+        self.chan = chan
+
+    def send(self, data: bytes) -> None:
+        if self.chan.closed:
+            raise OSError("stream closed")
+        self.chan.sendall(data)
+
+    def recv(self, size: int, timeout: float | None = None) -> bytes:
+        self.chan.settimeout(timeout)
+        try:
+            return self.chan.recv(size)
+        except socket.timeout:
+            raise TimeoutError("no data") from None
+
+    def close(self) -> None:
+        self.chan.close()

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs what pytest-kvm needs on a Debian 12 controller: QEMU 10 from bookworm-backports,
+# OpenSSH, busybox for the micro guest, and a venv with the project installed.
+# Idempotent: a second run with everything present does nothing but check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PKGS=(openssh-server openssh-client busybox-static iproute2 socat pciutils kmod
+          cpio zstd xz-utils e2fsprogs debootstrap)
+BPO_PKGS=(qemu-system-x86 qemu-utils)
+BPO_FILE=/etc/apt/sources.list.d/pytest-kvm-backports.sources
+
+missing=()
+for p in "${APT_PKGS[@]}" "${BPO_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+# QEMU must be the backports one (>= 8.0, for igb); Debian 12's own 7.2 is not enough.
+if command -v qemu-system-x86_64 >/dev/null; then
+  qv=$(qemu-system-x86_64 --version | sed -n 's/.*version \([0-9]*\)\..*/\1/p')
+  [ "${qv:-0}" -ge 8 ] || missing+=(qemu-system-x86)
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "pytest-kvm: missing packages: ${missing[*]}" >&2
+    echo "run as root:" >&2
+    echo "  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' > $BPO_FILE" >&2
+    echo "  apt-get update && apt-get install -y ${APT_PKGS[*]} && apt-get install -y -t bookworm-backports ${BPO_PKGS[*]}" >&2
+    exit 1
+  fi
+  if [ ! -f "$BPO_FILE" ]; then
+    # Same mirror and keyring as the machine's own bookworm entry.
+    uri=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      "${uri:-http://deb.debian.org/debian}" > "$BPO_FILE"
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${APT_PKGS[@]}"
+  apt-get install -y -q --no-install-recommends -t bookworm-backports "${BPO_PKGS[@]}"
+fi
+
+# The project's venv, reinstalled only when pyproject.toml changes.
+PY=${PYTHON:-python3}
+stamp=.venv/.pyproject.sha
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  "$PY" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[dev]'
+  echo "$want" > "$stamp"
+fi

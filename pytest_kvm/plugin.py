@@ -7,7 +7,6 @@ fixture is used: it adds nothing to collection and opens no connection on its ow
 from __future__ import annotations
 
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -60,7 +59,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except InventoryError as exc:
         raise pytest.UsageError(str(exc)) from None
     for message in inventory.warnings:
-        warnings.warn(pytest.PytestConfigWarning(message), stacklevel=1)
+        config.issue_config_time_warning(pytest.PytestConfigWarning(message), stacklevel=2)
     config.stash[SESSION_KEY] = KvmSession(inventory)
 
 

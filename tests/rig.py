@@ -97,6 +97,10 @@ class SshRig:
         veth, peer = f"{self.tag}v{i + 1}", f"{self.tag}p{i + 1}"
         addr = self._addr(i + 2)
         sh("ip", "netns", "add", ns)
+        # Name lookups inside the namespace go to its own loopback, never to the outside.
+        os.makedirs(f"/etc/netns/{ns}", exist_ok=True)
+        with open(f"/etc/netns/{ns}/resolv.conf", "w") as f:
+            f.write("nameserver 127.0.0.1\n")
         sh("ip", "link", "add", veth, "type", "veth", "peer", "name", peer)
         sh("ip", "link", "set", peer, "netns", ns)
         sh("ip", "link", "set", veth, "master", self.bridge)
@@ -192,6 +196,7 @@ LogLevel ERROR
                     pass
         for i in range(self.count):
             sh("ip", "netns", "del", f"{self.tag}-{i + 1}", check=False)
+            shutil.rmtree(f"/etc/netns/{self.tag}-{i + 1}", ignore_errors=True)
             sh("ip", "link", "del", f"{self.tag}v{i + 1}", check=False)
         sh("ip", "link", "del", self.bridge, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -203,6 +208,6 @@ LogLevel ERROR
         out += [line.split()[0] for line in netns.splitlines() if line.startswith(self.tag)]
         links = sh("ip", "-o", "link").stdout
         out += [w.rstrip(":").split("@")[0] for w in links.split() if w.startswith(self.tag)]
-        if os.path.exists(self.dir):
-            out.append(self.dir)
+        out += [p for p in (self.dir, *(f"/etc/netns/{self.tag}-{i + 1}"
+                                       for i in range(self.count))) if os.path.exists(p)]
         return out

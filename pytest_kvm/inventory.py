@@ -120,16 +120,16 @@ KEYS: dict[str, Key] = {
     ),
     "kvm_qemu": Key(_str, "QEMU binary on the host (default qemu-system-x86_64)"),
     "kvm_passthrough": Key(_bdf_list, "comma-separated PCI addresses the suites may pass through"),
-    "kvm_sriov_pf": Key(_bdf_list, "comma-separated PCI addresses of SR-IOV PFs the suites may use"),
+    "kvm_sriov_pf": Key(_bdf_list, "comma-separated PCI addresses of SR-IOV PFs to use"),
     "kvm_shared_storage": Key(_abspath, "a directory every migration peer sees (NFS)"),
     "kvm_parent": Key(_str, "inventory host that runs this host as a nested L1 guest"),
-    "kvm_known_hosts": Key(_str, "known_hosts file to verify host keys (default ~/.ssh/known_hosts)"),
+    "kvm_known_hosts": Key(_str, "known_hosts file for host keys (default ~/.ssh/known_hosts)"),
     "kvm_host_key": Key(
         _choice("strict", "accept-new"),
         "strict (default: unknown or changed keys are refused) or accept-new",
     ),
     "kvm_connect_timeout": Key(_positive, "seconds to wait for the SSH connection (default 10)"),
-    "kvm_workdir": Key(_abspath, "directory for run dirs and cached images (default /var/tmp/pytest-kvm)"),
+    "kvm_workdir": Key(_abspath, "run dirs and cached files (default /var/tmp/pytest-kvm)"),
 }
 
 

@@ -64,7 +64,8 @@ def test_timeout_kills_remote_process_group(transport):
 
 
 def test_megabytes_on_both_streams_do_not_deadlock(transport):
-    script = "head -c 4000000 /dev/zero | tr '\\0' o & head -c 4000000 /dev/zero | tr '\\0' e >&2; wait"
+    script = ("head -c 4000000 /dev/zero | tr '\\0' o & "
+              "head -c 4000000 /dev/zero | tr '\\0' e >&2; wait")
     r = transport.run(script, timeout=60)
     assert len(r.stdout) == 4_000_000 and len(r.stderr) == 4_000_000
     assert set(r.stdout) == {"o"} and set(r.stderr) == {"e"}

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..errors import CommandFailed, CommandTimeout
+from ..errors import CommandFailed
 
 Command = Sequence[str] | str
 
@@ -125,7 +125,8 @@ class Transport(ABC):
     is_root: bool = True
 
     @abstractmethod
-    def _exec(self, argv: list[str], timeout: float, input: bytes | None) -> Result: ...
+    def _exec(self, argv: list[str], timeout: float, input: bytes | None, shown: str) -> Result:
+        """Run argv; ``shown`` is the command as the user wrote it (for messages)."""
 
     def run(
         self,
@@ -145,8 +146,7 @@ class Transport(ABC):
         """
         argv = argv_of(cmd, env, sudo=become and not self.is_root)
         data = input.encode() if isinstance(input, str) else input
-        result = self._exec(argv, timeout, data)
-        result.command = display(cmd)
+        result = self._exec(argv, timeout, data, display(cmd))
         if check and result.status != 0:
             raise CommandFailed(self.name, result.command, result)
         return result
@@ -154,9 +154,6 @@ class Transport(ABC):
     def sh(self, script: str, **kw) -> str:
         """Run a shell script and return its stdout (raises on failure)."""
         return self.run(script, **kw).stdout
-
-    def timed_out(self, cmd: Command, timeout: float, result: Result | None = None):
-        return CommandTimeout(self.name, display(cmd), timeout, result)
 
     @abstractmethod
     def put(self, local: str, remote: str, mode: int | None = None) -> None: ...

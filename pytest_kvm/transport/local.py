@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 
+from ..errors import CommandTimeout
 from .base import KILL_GRACE, Result, Stream, Transport
 
 
@@ -33,7 +34,7 @@ class LocalTransport(Transport):
             self.workdir = workdir
         self.is_root = os.geteuid() == 0
 
-    def _exec(self, argv: list[str], timeout: float, input: bytes | None) -> Result:
+    def _exec(self, argv: list[str], timeout: float, input: bytes | None, shown: str) -> Result:
         start = time.monotonic()
         proc = subprocess.Popen(
             argv,
@@ -48,11 +49,10 @@ class LocalTransport(Transport):
             _killpg(proc)
             out, err = proc.communicate()
             partial = Result(-9, out.decode(errors="replace"), err.decode(errors="replace"),
-                             "", time.monotonic() - start)
-            raise self.timed_out(argv[2] if argv[:2] == ["sh", "-c"] else argv, timeout,
-                                 partial) from None
+                             shown, time.monotonic() - start)
+            raise CommandTimeout(self.name, shown, timeout, partial) from None
         return Result(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"),
-                      "", time.monotonic() - start)
+                      shown, time.monotonic() - start)
 
     def put(self, local: str, remote: str, mode: int | None = None) -> None:
         os.makedirs(os.path.dirname(remote) or ".", exist_ok=True)

@@ -13,6 +13,7 @@ import paramiko
 
 from ..errors import (
     AuthenticationFailed,
+    CommandTimeout,
     HostKeyMismatch,
     HostUnreachable,
     TransportError,
@@ -183,13 +184,11 @@ class SSHTransport(Transport):
             self._drop()
 
     # -- commands ---------------------------------------------------------------------------
-    def _exec(self, argv: list[str], timeout: float, input: bytes | None) -> Result:
-        # `timeout` kills the whole remote process group (it makes itself its leader), also
-        # when our connection is gone. It first prints its PID (= the group id) so that the
-        # controller can kill the group itself when something still holds the output open.
-        wrapped = ["sh", "-c", 'echo $$; exec timeout -k "$0" "$@"', f"{KILL_GRACE:g}",
-                   f"{timeout:g}", *argv]
-        command = display(wrapped)
+    def _exec(self, argv: list[str], timeout: float, input: bytes | None, shown: str) -> Result:
+        # sshd starts every session in a new session (setsid), so the shell's $$ is the
+        # command's process group: it is printed first, and on timeout the controller kills
+        # that whole group (a `timeout` wrapper would cost an exec per command).
+        command = "echo $$; exec " + display(argv)
         start = time.monotonic()
         chan = self._channel()
         try:
@@ -198,7 +197,7 @@ class SSHTransport(Transport):
                 chan.sendall(input)
             chan.shutdown_write()
             out, err = bytearray(), bytearray()
-            deadline = start + timeout + 2 * KILL_GRACE
+            deadline = start + timeout
             while True:
                 if chan.recv_ready():
                     out += chan.recv(1 << 16)
@@ -212,20 +211,17 @@ class SSHTransport(Transport):
                         pgid, _, rest = bytes(out).partition(b"\n")
                         if pgid.isdigit():
                             self._kill_group(int(pgid))
-                        raise self.timed_out(argv, timeout, Result(
+                        raise CommandTimeout(self.name, shown, timeout, Result(
                             -1, rest.decode(errors="replace"), err.decode(errors="replace"),
-                            "", time.monotonic() - start))
+                            shown, time.monotonic() - start))
                     select.select([chan], [], [], min(left, 1.0))
             status = chan.recv_exit_status() if chan.status_event.wait(KILL_GRACE) else -1
         finally:
             chan.close()
         elapsed = time.monotonic() - start
         _, _, out = bytes(out).partition(b"\n")  # the PID line
-        result = Result(status, out.decode(errors="replace"), err.decode(errors="replace"),
-                        "", elapsed)
-        if status in (124, 137) and elapsed >= timeout * 0.98:
-            raise self.timed_out(argv[2] if argv[:2] == ["sh", "-c"] else argv, timeout, result)
-        return result
+        return Result(status, out.decode(errors="replace"), err.decode(errors="replace"), shown,
+                      elapsed)
 
     def _kill_group(self, pgid: int) -> None:
         try:
@@ -275,7 +271,7 @@ class _ChannelStream(Stream):
         self.chan.settimeout(timeout)
         try:
             return self.chan.recv(size)
-        except socket.timeout:
+        except TimeoutError:
             raise TimeoutError("no data") from None
 
     def close(self) -> None:

@@ -130,3 +130,13 @@ def test_missing_unreadable_and_directory_files(tmp_path):
         locked.chmod(0)
         with pytest.raises(InventoryError, match="permission denied"):
             load(locked)
+
+
+def test_every_key_is_documented_in_the_readme():
+    from pathlib import Path
+
+    from pytest_kvm.inventory import KEYS
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = [k for k in KEYS if f"| `{k}` |" not in readme]
+    assert not missing, f"README's inventory table lacks: {missing}"

@@ -186,3 +186,17 @@ def test_proxy_jump_through_an_inventory_host(rig):
 def test_local_transport_timeout_message():
     with pytest.raises(CommandTimeout, match="localhost: `sleep 5` timed out after 0.2 s"):
         LocalTransport().run(["sleep", "5"], timeout=0.2)
+
+
+def test_ssh_config_is_read(rig, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host lab-alias\n  HostName {rig.hosts[1].address}\n  User root\n"
+        f"  IdentityFile {rig.key}\n  UserKnownHostsFile {rig.known_hosts}\n")
+    monkeypatch.setenv("HOME", str(home))
+    inv = parse("[a]\nlab-alias\n")
+    t = for_entry(inv.hosts["lab-alias"], inv)
+    assert (t.hostname, t.user, t.key_file) == (rig.hosts[1].address, "root", rig.key)
+    assert t.run(["echo", "via config"]).stdout == "via config\n"
+    t.close()

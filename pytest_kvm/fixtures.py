@@ -1,12 +1,14 @@
-"""Fixtures: the session's hosts, parametrised over the inventory."""
+"""Fixtures: the session's hosts (parametrised over the inventory) and guests on them."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pytest
 
 from .errors import KvmError
+from .guest import Guest, GuestSpec, MicroImage, Owner, build_micro, start_guest, sweep
 from .host import Host
 from .inventory import Inventory
 from .transport import Transport, for_entry
@@ -15,16 +17,26 @@ NO_INVENTORY = "no inventory given: pass --hosts hosts.ini (or set KVM_HOSTS)"
 
 
 class KvmSession:
-    """Hosts of the inventory for one pytest process: one connection per host, opened lazily."""
+    """Hosts of the inventory for one pytest process: one connection per host, opened lazily.
 
-    def __init__(self, inventory: Inventory):
+    The first time a host is used, guests left behind on it by dead runs are swept.
+    """
+
+    def __init__(self, inventory: Inventory, owner: Owner, worker: str = "main",
+                 keep_failed: bool = False):
         self.inventory = inventory
+        self.owner = owner
+        self.worker = worker
+        self.keep_failed = keep_failed
+        self.swept: dict[str, list[str]] = {}
         self._transports: dict[str, Transport] = {}
         self._hosts: dict[str, Host] = {}
         self._broken: dict[str, str] = {}
-        self._lock = threading.Lock()
+        self._images: dict[tuple, MicroImage] = {}
+        self._seq = itertools.count(1)
+        self._lock = threading.RLock()
 
-    def host(self, name: str) -> Host:
+    def host(self, name: str, sweep_leftovers: bool = True) -> Host:
         """The Host, connected and with its facts probed; KvmError when it cannot be reached.
 
         A host that failed once fails fast for the rest of the session (no repeated timeouts).
@@ -36,13 +48,26 @@ class KvmSession:
                 entry = self.inventory.hosts[name]
                 self._hosts[name] = Host(entry, for_entry(entry, self.inventory, self._transports))
             host = self._hosts[name]
-        try:
-            host.facts  # noqa: B018 - connects and probes once
-        except KvmError as exc:
-            with self._lock:
+            try:
+                host.facts  # noqa: B018 - connects and probes once
+                if sweep_leftovers and name not in self.swept:
+                    self.swept[name] = sweep(host, self.owner.run_id)
+            except KvmError as exc:
                 self._broken[name] = str(exc)
-            raise
+                raise
         return host
+
+    def image_for(self, host: Host) -> MicroImage:
+        key = (host.entry.get("kvm_guest_kernel"), host.entry.get("kvm_guest_modules"))
+        with self._lock:
+            if key not in self._images:
+                self._images[key] = build_micro(*key)
+            return self._images[key]
+
+    def start_guest(self, host: Host, spec: GuestSpec, label: str = "",
+                    wait: bool = True) -> Guest:
+        seq = f"{self.worker}-{next(self._seq)}"
+        return start_guest(host, spec, self.image_for(host), self.owner, seq, label, wait)
 
     def close(self) -> None:
         for transport in self._transports.values():
@@ -50,10 +75,69 @@ class KvmSession:
 
 
 SESSION_KEY = pytest.StashKey[KvmSession | None]()
+FAILED_KEY = pytest.StashKey[set]()
 
 
 def kvm_session_of(config: pytest.Config) -> KvmSession | None:
     return config.stash.get(SESSION_KEY, None)
+
+
+class GuestFactory:
+    """Starts guests; stops every one of them at the end of its scope, also after a failure.
+
+    With --kvm-keep-failed, guests of a failed test are left running and their console
+    command is printed instead.
+    """
+
+    def __init__(self, session: KvmSession, default_host: Host | None, label: str):
+        self.session = session
+        self.default_host = default_host
+        self.label = label
+        self.guests: list[Guest] = []
+
+    def __call__(self, spec: GuestSpec | None = None, host: Host | None = None,
+                 wait: bool = True, **changes) -> Guest:
+        host = host or self.default_host
+        if host is None:
+            raise KvmError("guest_factory needs a host: use kvm_host in the test or pass host=")
+        spec = (spec or GuestSpec()).with_(**changes) if changes else (spec or GuestSpec())
+        guest = self.session.start_guest(host, spec, self.label, wait)
+        self.guests.append(guest)
+        return guest
+
+    def finish(self, failed: bool, reporter=None) -> list[str]:
+        errors, kept = [], []
+        for guest in reversed(self.guests):
+            if failed and self.session.keep_failed and guest.alive():
+                kept.append(f"kept {guest!r}: console: ssh to {guest.host.name}, then "
+                            f"socat -,raw,echo=0 UNIX-CONNECT:{guest.rundir}/c.sock ; "
+                            f"stop it with pytest --hosts ... --kvm-cleanup")
+                continue
+            try:
+                guest.stop()
+            except KvmError as exc:
+                errors.append(str(exc))
+        self.guests.clear()
+        if reporter is not None:
+            for line in kept:
+                reporter.write_line(line, yellow=True)
+        if errors:
+            raise KvmError("; ".join(errors))
+        return kept
+
+
+def _failed(request, node) -> bool:
+    failed = request.config.stash.get(FAILED_KEY, set())
+    return any(nodeid == node.nodeid or nodeid.startswith(node.nodeid + "::")
+               for nodeid in failed)
+
+
+def _factory(request, session: KvmSession, host: Host | None):
+    label = request.node.name
+    factory = GuestFactory(session, host, label)
+    yield factory
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    factory.finish(_failed(request, request.node), reporter)
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +159,42 @@ def kvm_host(request, kvm_session) -> Host:
         return kvm_session.host(name)
     except KvmError as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+def _host_if_used(request) -> Host | None:
+    if "kvm_host" in request.fixturenames:
+        return request.getfixturevalue("kvm_host")
+    return None
+
+
+@pytest.fixture
+def guest_factory(request, kvm_session):
+    """Start guests: ``guest_factory(GuestSpec(...), host=...)``; all stopped after the test."""
+    yield from _factory(request, kvm_session, _host_if_used(request))
+
+
+@pytest.fixture(scope="module")
+def module_guest_factory(request, kvm_session):
+    """As guest_factory, but the guests live for the whole module."""
+    yield from _factory(request, kvm_session, _host_if_used(request))
+
+
+@pytest.fixture(scope="module")
+def guest_spec() -> GuestSpec:
+    """The spec of the module's shared ``guest``; override it in a suite module."""
+    return GuestSpec()
+
+
+@pytest.fixture(scope="module")
+def guest(kvm_host, guest_spec, module_guest_factory) -> Guest:
+    """One guest per host and module, booted once and shared by the module's tests."""
+    try:
+        return module_guest_factory(guest_spec, host=kvm_host)
+    except KvmError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def qmp(guest):
+    """QMP of the module's guest (qemu.qmp behind a synchronous helper)."""
+    return guest.qmp

@@ -6,6 +6,7 @@ import functools
 import shlex
 from dataclasses import dataclass, field
 
+from .errors import KvmError
 from .inventory import HostEntry
 from .transport import Transport
 
@@ -32,6 +33,7 @@ for m in kvm_intel kvm_amd; do
 done
 [ -c /dev/kvm ] && echo "dev_kvm=1"
 echo "iommu_groups=$(ls /sys/kernel/iommu_groups 2>/dev/null | wc -l)"
+echo "socat=$(command -v socat)"
 qp=$(command -v "$q")
 echo "qemu_path=$qp"
 if [ -n "$qp" ]; then
@@ -80,6 +82,7 @@ class Facts:
     nested: dict[str, str] = field(default_factory=dict)
     dev_kvm: bool = False
     iommu_groups: int = 0
+    socat: str = ""
     qemu_path: str = ""
     qemu_version: str = ""
     qemu_devices: frozenset[str] = frozenset()
@@ -155,6 +158,7 @@ def parse_facts(text: str) -> Facts:
                 if k.startswith("nested_")},
         dev_kvm=values.get("dev_kvm") == "1",
         iommu_groups=num("iommu_groups"),
+        socat=values.get("socat", ""),
         qemu_path=values.get("qemu_path", ""),
         qemu_version=values.get("qemu_version", ""),
         qemu_devices=frozenset(d for d in values.get("qemu_devices", "").split(",") if d),
@@ -218,6 +222,23 @@ class Host:
             return (f"{self.name}: QEMU {f.qemu_version} has no -device {device}; "
                     "install a QEMU that has it")
         return None
+
+    # -- what the guest layer needs of a host ----------------------------------------------
+    @property
+    def workdir(self) -> str:
+        return self.transport.workdir
+
+    def put_cached(self, local: str) -> str:
+        return self.transport.put_cached(local)
+
+    def open_stream(self, argv: list[str]):
+        return self.transport.open_stream(argv)
+
+    def connect_unix(self, path: str):
+        """A stream to a unix socket on the host (a guest's console or QMP)."""
+        if not self.facts.socat:
+            raise KvmError(f"{self.name}: socat not found; install it (apt-get install socat)")
+        return self.transport.open_stream(["socat", "-", f"UNIX-CONNECT:{path}"])
 
     # -- sysfs and modules ------------------------------------------------------------------
     def read(self, path: str, default: str | None = None) -> str:

@@ -129,6 +129,9 @@ KEYS: dict[str, Key] = {
         "strict (default: unknown or changed keys are refused) or accept-new",
     ),
     "kvm_connect_timeout": Key(_positive, "seconds to wait for the SSH connection (default 10)"),
+    "kvm_guest_kernel": Key(_str, "vmlinuz on the controller for the micro guest (with "
+                            "kvm_guest_modules; default: Debian's linux-image package)"),
+    "kvm_guest_modules": Key(_str, "that kernel's modules directory (.../lib/modules/VERSION)"),
     "kvm_workdir": Key(_abspath, "run dirs and cached files (default /var/tmp/pytest-kvm)"),
 }
 

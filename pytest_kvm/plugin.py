@@ -13,7 +13,21 @@ import pytest
 
 from . import inventory as inv
 from .errors import InventoryError, KvmError
-from .fixtures import NO_INVENTORY, SESSION_KEY, KvmSession, kvm_host, kvm_session  # noqa: F401
+from .fixtures import (  # noqa: F401 - fixtures are registered by being here
+    FAILED_KEY,
+    NO_INVENTORY,
+    SESSION_KEY,
+    KvmSession,
+    guest,
+    guest_factory,
+    guest_spec,
+    kvm_host,
+    kvm_session,
+    module_guest_factory,
+    qmp,
+)
+from .guest import Guest, sweep
+from .guest.qemu import Owner, controller_id, process_start
 
 HOSTS_HELP = "inventory of KVM hosts (Ansible-style INI); also --kvm-hosts or env KVM_HOSTS"
 
@@ -22,6 +36,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kvm", "pytest-kvm (KVM host testing)")
     group.addoption("--kvm-hosts", dest="kvm_hosts", metavar="PATH", default=None,
                     help=HOSTS_HELP)
+    group.addoption("--kvm-cleanup", action="store_true", default=False,
+                    help="stop guests left behind by dead runs on every inventory host, "
+                         "remove their run dirs, and exit (runs no tests)")
+    group.addoption("--kvm-keep-failed", action="store_true", default=False,
+                    help="keep a failed test's guests running for debugging and print how "
+                         "to reach their consoles")
 
 
 def _option_taken(parser: pytest.Parser, name: str) -> bool:
@@ -49,10 +69,28 @@ def inventory_path(config: pytest.Config) -> str | None:
     return os.environ.get("KVM_HOSTS") or None
 
 
+def _run_identity() -> tuple[Owner, str]:
+    """The run id and owner, shared by the xdist workers of one run (they inherit the env).
+
+    Anything else (a pytest started by a test, say) is a run of its own.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and os.environ.get("PYTEST_KVM_RUN_ID") and os.environ.get("PYTEST_KVM_OWNER_PID"):
+        return Owner.current(os.environ["PYTEST_KVM_RUN_ID"]), worker
+    pid = os.getpid()
+    owner = Owner(os.urandom(4).hex(), controller_id(), pid, process_start(pid))
+    os.environ["PYTEST_KVM_RUN_ID"] = owner.run_id
+    os.environ["PYTEST_KVM_OWNER_PID"] = str(pid)
+    return owner, "main"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = None
+    config.stash[FAILED_KEY] = set()
     path = inventory_path(config)
     if not path:
+        if config.getoption("kvm_cleanup"):
+            raise pytest.UsageError("--kvm-cleanup needs an inventory: pass --hosts hosts.ini")
         return
     try:
         inventory = inv.load(path)
@@ -60,7 +98,28 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     for message in inventory.warnings:
         config.issue_config_time_warning(pytest.PytestConfigWarning(message), stacklevel=2)
-    config.stash[SESSION_KEY] = KvmSession(inventory)
+    owner, worker = _run_identity()
+    config.stash[SESSION_KEY] = KvmSession(inventory, owner, worker,
+                                           keep_failed=config.getoption("kvm_keep_failed"))
+
+
+def pytest_cmdline_main(config: pytest.Config):
+    if not config.getoption("kvm_cleanup"):
+        return None
+    config._do_configure()  # noqa: SLF001 - configure (reads the inventory) without a session
+    session = config.stash[SESSION_KEY]
+    status = 0
+    for name in session.inventory.hosts:
+        try:
+            host = session.host(name, sweep_leftovers=False)
+            swept = sweep(host, session.owner.run_id)
+        except KvmError as exc:
+            print(f"{name}: UNREACHABLE: {exc}")
+            status = 1
+            continue
+        print(f"{name}: stopped {len(swept)} leftover guest(s)"
+              + "".join(f"\n  {path}" for path in swept))
+    return status
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -97,3 +156,24 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     names = sorted(session.inventory.hosts)  # deterministic: xdist workers agree
     metafunc.parametrize("kvm_host", names, ids=names, indirect=True, scope="module")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    item.config.stash.setdefault(FAILED_KEY, set()).add(item.nodeid)
+    # A failing check shows what the guest saw: its lsmod and the end of its dmesg.
+    funcargs = getattr(item, "funcargs", {})
+    guests = [g for g in funcargs.values() if isinstance(g, Guest)]
+    factory = funcargs.get("guest_factory")
+    guests += list(getattr(factory, "guests", []))
+    for g in guests:
+        for title, command in (("lsmod", "lsmod"), ("dmesg", "dmesg | tail -n 60")):
+            try:
+                text = g.sh(command, timeout=20) if not g.stopped else "(guest stopped)"
+            except KvmError as exc:
+                text = f"(unavailable: {exc})"
+            report.sections.append((f"guest {g.host.name}/{g.spec.name} {title}", text))

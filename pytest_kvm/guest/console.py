@@ -1,0 +1,97 @@
+"""A guest's serial console as a pexpect object, over a transport stream."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pexpect
+from pexpect.spawnbase import SpawnBase
+
+from ..errors import KvmError
+from ..transport import Stream
+
+
+class GuestCommandTimeout(KvmError):
+    pass
+
+
+class ConsoleClosed(KvmError):
+    pass
+
+
+class Console(SpawnBase):
+    """pexpect on a stream (``fdpexpect`` cannot work: a paramiko channel's fd is only a
+    readiness pipe). ``expect``/``send``/``sendline`` as usual; ``run`` for commands."""
+
+    def __init__(self, stream: Stream, name: str, prompt: str, timeout: float = 30,
+                 logfile=None):
+        super().__init__(timeout=timeout, maxread=65536, encoding="utf-8",
+                         codec_errors="replace", logfile=logfile)
+        self.stream = stream
+        self.name = name
+        self.prompt = prompt
+        self.closed = False
+
+    def read_nonblocking(self, size: int = 1, timeout: float | None = -1) -> str:
+        if timeout == -1:
+            timeout = self.timeout
+        try:
+            data = self.stream.recv(size, timeout)
+        except TimeoutError:
+            raise pexpect.TIMEOUT(f"{self.name}: console silent for {timeout} s") from None
+        except OSError as exc:
+            data = b""
+            self.closed = bool(exc)
+        if not data:
+            self.flag_eof = True
+            raise pexpect.EOF(f"{self.name}: console closed (the guest is gone)")
+        text = self._decoder.decode(data, final=False)
+        self._log(text, "read")
+        return text
+
+    def send(self, s: str) -> int:
+        data = s.encode() if isinstance(s, str) else s
+        self._log(s, "send")
+        self.stream.send(data)
+        return len(data)
+
+    def sendline(self, s: str = "") -> int:
+        return self.send(s + "\n")
+
+    def sendcontrol(self, char: str) -> int:
+        return self.send(chr(ord(char.lower()) - ord("a") + 1))
+
+    def isalive(self) -> bool:
+        return not self.flag_eof
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.stream.close()
+
+    def wait_prompt(self, timeout: float = 30) -> None:
+        self.expect_exact(self.prompt, timeout=timeout)
+
+    def run(self, command: str, timeout: float = 60) -> tuple[int, str]:
+        """Run a shell command in the guest; returns (exit status, output with \\n endings).
+
+        Unique markers delimit the output; the typed line itself cannot match them because
+        the marker is split by an empty quote there.
+        """
+        tag = uuid.uuid4().hex[:10]
+        begin, end = f"__PKVM_B{tag}", f"__PKVM_E{tag}"
+        self.sendline(f"echo {begin[:4]}''{begin[4:]}; {command}; echo {end[:4]}''{end[4:]} $?")
+        try:
+            self.expect_exact(begin + "\r\n", timeout=timeout)
+            self.expect(re.escape(end) + r" (\d+)\r?\n", timeout=timeout)
+        except pexpect.TIMEOUT:
+            self.sendcontrol("c")  # interrupt it so the console is usable again
+            raise GuestCommandTimeout(f"{self.name}: `{command}` did not finish within "
+                                      f"{timeout:g} s (interrupted)") from None
+        except pexpect.EOF:
+            raise ConsoleClosed(f"{self.name}: the guest went away while running "
+                                f"`{command}`") from None
+        status = int(self.match.group(1))
+        output = self.before.replace("\r\n", "\n").replace("\r", "")
+        return status, output

@@ -1,0 +1,293 @@
+"""A QEMU guest on a host: launch, readiness, console, QMP, stop with escalation."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+
+import pexpect
+
+from ..errors import KvmError
+from ..host import Host
+from .console import Console, GuestCommandTimeout
+from .image import PROMPT, READY_MARKER, MicroImage
+from .qmp import Qmp
+from .spec import GuestSpec, render
+
+RUN_DIR = "run"
+
+# Started detached in its own session, so the guest outlives the SSH channel; QEMU's stderr
+# goes to qemu.log. Returns once QEMU's sockets are up, or says that QEMU died.
+LAUNCH = r"""
+run=$1; shift
+cd "$run" || exit 2
+setsid "$@" </dev/null >>qemu.log 2>&1 &
+child=$!
+i=0
+while [ $i -lt 600 ]; do
+  if [ -S q.sock ] && [ -S c.sock ] && [ -s qemu.pid ]; then echo "pid=$(cat qemu.pid)"; exit 0; fi
+  kill -0 $child 2>/dev/null || { echo died; exit 3; }
+  sleep 0.05; i=$((i+1))
+done
+echo slow; exit 4
+"""
+
+# Waits for a guest's QEMU to go (after a QMP quit), then TERM, then KILL, each bounded.
+# Only a process whose command line names this run dir is ever signalled.
+STOP = r"""
+run=$1; first=$2
+pid=$(cat "$run/qemu.pid" 2>/dev/null)
+ours() { [ -n "$pid" ] && tr '\0' ' ' </proc/$pid/cmdline 2>/dev/null | grep -qF -- "$run/"; }
+gone() { i=0; while ours; do [ $i -ge $1 ] && return 1; sleep 0.1; i=$((i+1)); done; }
+gone "$first" || { kill -TERM "$pid"; gone 50 || { kill -KILL "$pid"; gone 50; }; }
+if ours; then echo "QEMU $pid survived SIGKILL"; exit 1; fi
+[ "$3" = keep-dir ] || rm -rf "$run"
+"""
+
+
+ALIVE = r"""tr '\0' ' ' </proc/$1/cmdline 2>/dev/null | grep -qF -- "$2/" """
+
+
+class GuestError(KvmError):
+    pass
+
+
+class GuestDied(GuestError):
+    pass
+
+
+def boot_timeout(accel: str) -> float:
+    return 60.0 if accel == "kvm" else 180.0
+
+
+def controller_id() -> str:
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            return open(path).read().strip() or socket.gethostname()
+        except OSError:
+            continue
+    return socket.gethostname()
+
+
+def process_start(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who started a guest: this controller's pytest process (to find leftovers of dead runs)."""
+
+    run_id: str
+    controller: str
+    pid: int
+    start: str
+
+    @classmethod
+    def current(cls, run_id: str) -> Owner:
+        pid = int(os.environ.get("PYTEST_KVM_OWNER_PID", os.getpid()))
+        return cls(run_id, controller_id(), pid, process_start(pid))
+
+    def line(self) -> str:
+        return f"{self.run_id} {self.controller} {self.pid} {self.start}"
+
+    @classmethod
+    def parse(cls, line: str) -> Owner | None:
+        parts = line.split()
+        if len(parts) != 4 or not parts[2].isdigit():
+            return None
+        return cls(parts[0], parts[1], int(parts[2]), parts[3])
+
+    def is_dead(self) -> bool:
+        """Only for owners on this controller: is that pytest process gone?"""
+        return self.controller == controller_id() and process_start(self.pid) != self.start
+
+
+class Guest:
+    """A running QEMU guest on a host."""
+
+    def __init__(self, host: Host, spec: GuestSpec, rundir: str, proc_name: str,
+                 argv: list[str], accel: str):
+        self.host, self.spec, self.rundir = host, spec, rundir
+        self.name = proc_name
+        self.argv = argv
+        self.accel = accel
+        self.pid: int | None = None
+        self._console: Console | None = None
+        self._qmp: Qmp | None = None
+        self.stopped = False
+
+    def __repr__(self) -> str:  # stable across runs (no run id, no pid)
+        return f"Guest({self.spec.name!r} on {self.host.name!r})"
+
+    @property
+    def cmdline(self) -> str:
+        return shlex.join(self.argv)
+
+    # -- console ----------------------------------------------------------------------------
+    @property
+    def console(self) -> Console:
+        if self._console is None or self._console.flag_eof:
+            stream = self.host.connect_unix(f"{self.rundir}/c.sock")
+            self._console = Console(stream, f"{self.host.name}/{self.spec.name}", PROMPT)
+        return self._console
+
+    def expect(self, pattern, timeout: float = 30):
+        return self.console.expect(pattern, timeout=timeout)
+
+    def run(self, command: str, timeout: float = 60, check: bool = True) -> tuple[int, str]:
+        """Run a shell command in the guest; (status, output). ``check``: non-zero raises."""
+        try:
+            status, output = self.console.run(command, timeout)
+        except GuestCommandTimeout:
+            self._resync()
+            raise
+        if check and status != 0:
+            raise GuestError(f"{self.host.name}/{self.spec.name}: `{command}` exited {status}"
+                             f"\n{output.strip()[-2000:]}")
+        return status, output
+
+    def sh(self, command: str, timeout: float = 60) -> str:
+        return self.run(command, timeout)[1]
+
+    def _resync(self) -> None:
+        try:
+            self.console.sendline("")
+            self.console.wait_prompt(10)
+        except (pexpect.TIMEOUT, pexpect.EOF):
+            pass
+
+    # -- QMP --------------------------------------------------------------------------------
+    @property
+    def qmp(self) -> Qmp:
+        if self._qmp is None:
+            self._qmp = Qmp(self.host.connect_unix(f"{self.rundir}/q.sock"),
+                            f"{self.host.name}/{self.spec.name}")
+        return self._qmp
+
+    # -- state ------------------------------------------------------------------------------
+    def alive(self) -> bool:
+        """Is this guest's QEMU running (a process whose command line names its run dir)?"""
+        if self.pid is None:
+            return False
+        return self.host.run(["sh", "-c", ALIVE, "alive", str(self.pid), self.rundir],
+                             check=False, timeout=30).ok
+
+    def read_log(self, which: str = "console.log", lines: int = 40) -> str:
+        r = self.host.run(["tail", "-n", str(lines), f"{self.rundir}/{which}"], check=False,
+                          timeout=30)
+        return r.stdout if r.ok else ""
+
+    def describe_death(self, what: str) -> GuestDied:
+        console = self.read_log("console.log").strip() or "(nothing)"
+        stderr = self.read_log("qemu.log").strip() or "(nothing)"
+        return GuestDied(f"{self.host.name}/{self.spec.name}: {what}\n"
+                         f"--- last console lines ---\n{console}\n"
+                         f"--- QEMU stderr ---\n{stderr}")
+
+    def wait_ready(self, marker: str = READY_MARKER, timeout: float | None = None) -> float:
+        """Wait for the boot marker and a shell prompt; returns seconds waited."""
+        timeout = timeout or self.spec.boot_timeout or boot_timeout(self.accel)
+        start = time.monotonic()
+        console = self.console  # connected before looking at the log: no line is missed
+        seen = self.host.run(["grep", "-qF", marker, f"{self.rundir}/console.log"],
+                             check=False, timeout=30).ok
+        try:
+            if not seen:
+                console.expect_exact(marker, timeout=timeout)
+            console.sendline("")
+            console.wait_prompt(max(10.0, timeout - (time.monotonic() - start)))
+        except pexpect.EOF:
+            raise self.describe_death("QEMU exited before the guest was ready "
+                                      "(crash, triple fault or -no-reboot exit)") from None
+        except pexpect.TIMEOUT:
+            if not self.alive():
+                raise self.describe_death("QEMU exited before the guest was ready") from None
+            raise self.describe_death(f"no {marker!r} on the console within {timeout:g} s "
+                                      f"({self.accel})") from None
+        return time.monotonic() - start
+
+    def stop(self, keep_dir: bool = False) -> None:
+        """QMP quit, then SIGTERM, then SIGKILL, each with a timeout; confirms it is gone."""
+        if self.stopped:
+            return
+        first = 0
+        if self._qmp is not None or self.alive():
+            try:
+                self.qmp.execute("quit", timeout=5)
+                first = 100  # QEMU exits by itself on quit; give it 10 s
+            except KvmError:
+                first = 0
+        for closable in (self._console, self._qmp):
+            if closable is not None:
+                try:
+                    closable.close()
+                except Exception:
+                    pass
+        self._console = self._qmp = None
+        r = self.host.run(["sh", "-c", STOP, "stop", self.rundir, str(first),
+                           "keep-dir" if keep_dir else ""], check=False, timeout=60)
+        self.stopped = True
+        if not r.ok:
+            raise GuestError(f"{self.host.name}/{self.spec.name}: could not stop QEMU: "
+                             f"{r.stdout.strip()} {r.stderr.strip()}")
+
+
+def safe_name(text: str, limit: int = 60) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:limit].strip("_") or "guest"
+
+
+def start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, seq: int,
+                label: str = "", wait: bool = True) -> Guest:
+    """Provision and boot a guest on a host; returns once its shell is ready (``wait``)."""
+    accel = spec.accel or host.accel
+    kernel = host.put_cached(spec.kernel or image.kernel)
+    initrd = spec.initrd or (image.initrd if spec.kernel is None else None)
+    initrd = host.put_cached(initrd) if initrd else None
+    rundir = f"{host.workdir}/{RUN_DIR}/{owner.run_id}-{seq}"
+    proc_name = f"pytest-kvm-{owner.run_id}-{safe_name(label or spec.name)}"
+    bases = []
+    prepare = [["mkdir", "-p", rundir], ["sh", "-c", 'printf "%s\\n" "$1" > "$2"', "owner",
+                                         owner.line(), f"{rundir}/owner"]]
+    for disk in spec.disks:
+        if disk.image:
+            bases.append(host.put_cached(disk.image))
+        else:
+            base = f"{host.workdir}/cache/blank-{disk.size}.qcow2"
+            prepare.append(["sh", "-c", '[ -f "$1" ] || { qemu-img create -q -f qcow2 "$1.$$" '
+                            '"$2" && mv -f "$1.$$" "$1"; }', "blank", base, disk.size])
+            bases.append(base)
+    rendered = render(spec, qemu=host.qemu, accel=accel, rundir=rundir, proc_name=proc_name,
+                      kernel=kernel, initrd=initrd, disk_bases=bases)
+    for overlay, base, fmt in rendered.overlays:
+        prepare.append(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", base,
+                        overlay])
+    prepare.append(["sh", "-c", 'printf "%s\\n" "$1" > "$2"', "cmdline",
+                    shlex.join(rendered.argv), f"{rundir}/cmdline"])
+    script = " && ".join(shlex.join(step) for step in prepare)
+    host.run(["mkdir", "-p", f"{host.workdir}/cache"], timeout=30)
+    host.run(script, timeout=120)
+    guest = Guest(host, spec, rundir, proc_name, rendered.argv, accel)
+    r = host.run(["sh", "-c", LAUNCH, "launch", rundir, *rendered.argv], check=False,
+                 timeout=60)
+    if r.stdout.startswith("pid="):
+        guest.pid = int(r.stdout.strip().split("=", 1)[1])
+    else:
+        err = guest.read_log("qemu.log", 20).strip()
+        host.run(["rm", "-rf", rundir], check=False, timeout=30)
+        guest.stopped = True
+        why = "did not open its sockets within 30 s" if "slow" in r.stdout else "exited at once"
+        raise GuestError(f"{host.name}/{spec.name}: QEMU {why}: {err or r.stderr.strip()}")
+    if wait:
+        try:
+            guest.wait_ready()
+        except BaseException:
+            guest.stop(keep_dir=False)
+            raise
+    return guest

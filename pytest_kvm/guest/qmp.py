@@ -1,0 +1,85 @@
+"""QMP through the transport: qemu.qmp (QEMU's own library) behind a synchronous helper."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from typing import Any
+
+from qemu.qmp import EventListener, QMPClient
+from qemu.qmp.error import QMPError
+
+from ..errors import KvmError
+from ..transport import Stream
+
+
+class QmpError(KvmError):
+    pass
+
+
+class Qmp:
+    """Synchronous QMP client for fixtures. Every exchange is kept in ``log`` (for reports)."""
+
+    def __init__(self, stream: Stream, name: str, timeout: float = 30):
+        self.name = name
+        self.timeout = timeout
+        self.log: list[str] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name=f"qmp-{name}")
+        self._thread.start()
+        self._client = QMPClient(name)
+        self._events = EventListener()
+        self._client.register_listener(self._events)
+        self._stream = stream
+        self._call(self._client.connect(stream.as_socket()), timeout)
+
+    def _call(self, coro, timeout: float | None = None):
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout or self.timeout)
+        except TimeoutError:
+            future.cancel()
+            raise QmpError(f"{self.name}: QMP did not answer within "
+                           f"{timeout or self.timeout:g} s") from None
+        except QMPError as exc:
+            raise QmpError(f"{self.name}: QMP: {exc}") from None
+
+    def execute(self, command: str, timeout: float | None = None, **arguments: Any) -> Any:
+        args = {k.replace("_", "-"): v for k, v in arguments.items()}
+        self.log.append(f"-> {json.dumps({'execute': command, 'arguments': args})}")
+        try:
+            result = self._call(self._client.execute(command, args or None), timeout)
+        except QmpError as exc:
+            self.log.append(f"<- error: {exc}")
+            raise
+        self.log.append(f"<- {json.dumps(result)}")
+        return result
+
+    def event(self, name: str, timeout: float | None = None) -> dict:
+        """Wait for the next event called ``name`` (earlier ones queued since connect count)."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+
+        async def next_event():
+            while True:
+                event = await self._events.get()
+                self.log.append(f"<- event {json.dumps(dict(event))}")
+                if event["event"] == name:
+                    return dict(event)
+
+        left = deadline - time.monotonic()
+        return self._call(asyncio.wait_for(next_event(), left), left + 1)
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            self._call(self._client.disconnect(), 5)
+        except Exception:
+            pass
+        self._stream.close()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()

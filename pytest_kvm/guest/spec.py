@@ -1,0 +1,124 @@
+"""A typed guest description that renders QEMU's command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A guest disk: always a qcow2 overlay in the guest's run dir, on a cached base.
+
+    ``image``: a base image on the controller (uploaded once per host); without it, a blank
+    base of ``size``. ``interface``: virtio (virtio-blk) or scsi (virtio-scsi).
+    """
+
+    image: str | None = None
+    size: str = "64M"
+    interface: str = "virtio"
+    format: str = "qcow2"
+
+    def __post_init__(self):
+        if self.interface not in ("virtio", "scsi"):
+            raise ValueError(f"disk interface must be virtio or scsi, got {self.interface!r}")
+
+
+@dataclass(frozen=True)
+class Nic:
+    """A NIC: a model (virtio-net-pci, e1000e, ...) on user networking, or a tap/bridge."""
+
+    model: str = "virtio-net-pci"
+    netdev: str = "user"  # user | tap,ifname=... | bridge,br=...
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    name: str = "guest"
+    memory: int = 256  # MiB; Debian's kernel needs ~96 at least
+    smp: int = 1
+    machine: str = "q35"
+    cpu: str | None = None  # default: host under kvm, max under tcg
+    accel: str | None = None  # default: the host's (kvm only where hardware KVM is usable)
+    kernel: str | None = None  # default: the built-in micro guest
+    initrd: str | None = None
+    append: str = ""
+    disks: tuple[Disk, ...] = ()
+    nics: tuple[Nic, ...] = ()
+    balloon: bool = False
+    rng: bool = False
+    serial: bool = False  # virtio-serial with a virtconsole port
+    devices: tuple[str, ...] = ()  # extra -device values, e.g. "vfio-pci,host=0000:01:00.0"
+    args: tuple[str, ...] = ()  # extra raw arguments
+    incoming: str | None = None  # e.g. "defer" or "tcp:0:4444"
+    boot_timeout: float | None = None  # default scales with the accelerator
+
+    def with_(self, **changes) -> GuestSpec:
+        return replace(self, **changes)
+
+    @classmethod
+    def all_virtio(cls, **kw) -> GuestSpec:
+        """Every virtio device the virtio suite checks."""
+        base = dict(disks=(Disk(interface="virtio"), Disk(interface="scsi")),
+                    nics=(Nic(),), balloon=True, rng=True, serial=True)
+        base.update(kw)
+        return cls(**base)
+
+
+@dataclass
+class Rendered:
+    argv: list[str]
+    overlays: list[tuple[str, str, str]] = field(default_factory=list)  # (overlay, base, fmt)
+
+
+def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: str,
+           kernel: str, initrd: str | None, disk_bases: list[str]) -> Rendered:
+    """QEMU's argv for a spec; disk_bases are the bases (on the host) of spec.disks."""
+    cpu = spec.cpu or ("host" if accel == "kvm" else "max")
+    append = " ".join(x for x in ("console=ttyS0 quiet panic=-1", spec.append) if x)
+    argv = [
+        qemu, "-name", f"{proc_name},process={proc_name[:15]}",
+        "-machine", f"{spec.machine},accel={accel}", "-cpu", cpu,
+        "-m", str(spec.memory), "-smp", str(spec.smp),
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-chardev", f"socket,id=con0,path={rundir}/c.sock,server=on,wait=off,"
+                    f"logfile={rundir}/console.log,logappend=on",
+        "-serial", "chardev:con0",
+        "-chardev", f"socket,id=qmp0,path={rundir}/q.sock,server=on,wait=off",
+        "-mon", "chardev=qmp0,mode=control",
+        "-pidfile", f"{rundir}/qemu.pid",
+        "-kernel", kernel,
+        "-append", append,
+    ]
+    if initrd:
+        argv += ["-initrd", initrd]
+    out = Rendered(argv)
+    if any(d.interface == "scsi" for d in spec.disks):
+        argv += ["-device", "virtio-scsi-pci,id=scsi0"]
+    for i, (disk, base) in enumerate(zip(spec.disks, disk_bases, strict=True)):
+        overlay = f"{rundir}/disk{i}.qcow2"
+        out.overlays.append((overlay, base, disk.format))
+        argv += ["-blockdev", f"driver=qcow2,node-name=disk{i},file.driver=file,"
+                              f"file.filename={overlay}"]
+        if disk.interface == "virtio":
+            argv += ["-device", f"virtio-blk-pci,drive=disk{i},id=vd{i}"]
+        else:
+            argv += ["-device", f"scsi-hd,drive=disk{i},bus=scsi0.0,id=sd{i}"]
+    for i, nic in enumerate(spec.nics):
+        # user networking with no restrictions would let a guest reach the outside network
+        netdev = f"{nic.netdev},restrict=on" if nic.netdev == "user" else nic.netdev
+        argv += ["-netdev", f"{netdev},id=net{i}", "-device", f"{nic.model},netdev=net{i}"]
+    if spec.balloon:
+        argv += ["-device", "virtio-balloon-pci,id=balloon0"]
+    if spec.rng:
+        argv += ["-object", "rng-random,id=rng0,filename=/dev/urandom",
+                 "-device", "virtio-rng-pci,rng=rng0"]
+    if spec.serial:
+        argv += ["-device", "virtio-serial-pci,id=vser0",
+                 "-chardev", f"socket,id=vcon0,path={rundir}/vc.sock,server=on,wait=off",
+                 "-device", "virtconsole,chardev=vcon0,name=org.pytest-kvm.0"]
+    for dev in spec.devices:
+        argv += ["-device", dev]
+    if spec.incoming:
+        argv += ["-incoming", spec.incoming]
+    argv += list(spec.args)
+    return out

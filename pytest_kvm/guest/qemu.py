@@ -166,9 +166,12 @@ class Guest:
     # -- QMP --------------------------------------------------------------------------------
     @property
     def qmp(self) -> Qmp:
+        return self._connect_qmp()
+
+    def _connect_qmp(self, timeout: float = 30) -> Qmp:
         if self._qmp is None:
             self._qmp = Qmp(self.host.connect_unix(f"{self.rundir}/q.sock"),
-                            f"{self.host.name}/{self.spec.name}")
+                            f"{self.host.name}/{self.spec.name}", connect_timeout=timeout)
         return self._qmp
 
     # -- state ------------------------------------------------------------------------------
@@ -220,7 +223,7 @@ class Guest:
         first = 0
         if self._qmp is not None or self.alive():
             try:
-                self.qmp.execute("quit", timeout=5)
+                self._connect_qmp(timeout=5).execute("quit", timeout=5)
                 first = 100  # QEMU exits by itself on quit; give it 10 s
             except KvmError:
                 first = 0

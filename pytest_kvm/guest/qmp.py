@@ -22,7 +22,8 @@ class QmpError(KvmError):
 class Qmp:
     """Synchronous QMP client for fixtures. Every exchange is kept in ``log`` (for reports)."""
 
-    def __init__(self, stream: Stream, name: str, timeout: float = 30):
+    def __init__(self, stream: Stream, name: str, timeout: float = 30,
+                 connect_timeout: float | None = None):
         self.name = name
         self.timeout = timeout
         self.log: list[str] = []
@@ -34,7 +35,11 @@ class Qmp:
         self._events = EventListener()
         self._client.register_listener(self._events)
         self._stream = stream
-        self._call(self._client.connect(stream.as_socket()), timeout)
+        try:
+            self._call(self._client.connect(stream.as_socket()), connect_timeout or timeout)
+        except BaseException:
+            self.close()
+            raise
 
     def _call(self, coro, timeout: float | None = None):
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)

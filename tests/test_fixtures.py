@@ -1,0 +1,102 @@
+"""The guest fixtures as users run them: pytest in a subprocess against real sshd hosts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from test_plugin import pytest_run
+
+SUITE = textwrap.dedent("""
+    import os, time
+    from pytest_kvm.guest import GuestSpec
+
+    def test_hangs_with_a_guest(guest_factory, kvm_host):
+        g = guest_factory(GuestSpec(name="victim"))
+        open(os.environ["READY_FILE"], "w").write(g.rundir)
+        time.sleep(600)
+
+    def test_fails_with_a_guest(guest):
+        assert guest.sh("echo 1") == "2"
+""")
+
+
+@pytest.fixture
+def suite(rig, tmp_path):
+    (tmp_path / "test_s.py").write_text(SUITE)
+    (tmp_path / "hosts.ini").write_text(rig.inventory().replace("host2 ", "#host2 "))
+    return tmp_path
+
+
+def run_dirs(rig) -> list[str]:
+    path = os.path.join(rig.workdir, "run")
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+def qemu_of(rundir_name: str) -> str:
+    return subprocess.run(["pgrep", "-af", f"[q]emu-system.*{rundir_name}/"],
+                          capture_output=True, text=True).stdout
+
+
+def start_and_kill(suite, rig) -> str:
+    ready = suite / "ready"
+    env = dict(os.environ, READY_FILE=str(ready))
+    env.pop("PYTEST_KVM_RUN_ID", None)
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                             "--hosts", "hosts.ini", "-k", "hangs"], cwd=suite, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the guest never came up"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)  # the controller dies: no teardown runs
+    proc.wait()
+    rundir = ready.read_text()
+    name = os.path.basename(rundir)
+    assert qemu_of(name), "the killed run's guest should still be running"
+    return name
+
+
+def test_cleanup_stops_guests_of_a_killed_run(suite, rig):
+    name = start_and_kill(suite, rig)
+    r = pytest_run(["--hosts", "hosts.ini", "--kvm-cleanup"], suite)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "host1: stopped 1 leftover guest(s)" in r.stdout
+    assert name not in run_dirs(rig) and not qemu_of(name)
+
+
+def test_next_run_sweeps_leftovers_at_start(suite, rig):
+    name = start_and_kill(suite, rig)
+    pytest_run(["--hosts", "hosts.ini", "-k", "fails"], suite)
+    assert name not in run_dirs(rig) and not qemu_of(name)
+
+
+def test_failure_shows_guest_lsmod_and_dmesg_and_leaves_nothing(suite, rig):
+    before = run_dirs(rig)
+    r = pytest_run(["--hosts", "hosts.ini", "-k", "fails"], suite)
+    assert r.returncode == 1
+    assert "guest host1/guest lsmod" in r.stdout and "Module                  Size" in r.stdout
+    assert "guest host1/guest dmesg" in r.stdout
+    assert run_dirs(rig) == before
+
+
+def test_keep_failed_keeps_the_guest_and_says_how_to_reach_it(suite, rig):
+    r = pytest_run(["--hosts", "hosts.ini", "-k", "fails", "--kvm-keep-failed"], suite)
+    assert r.returncode == 1
+    assert "kept Guest('guest' on 'host1'): console: ssh to host1, then socat" in r.stdout
+    kept = [d for d in run_dirs(rig) if qemu_of(d)]
+    assert kept
+    r = pytest_run(["--hosts", "hosts.ini", "--kvm-cleanup"], suite)
+    assert "stopped 1 leftover guest(s)" in r.stdout
+    assert not [d for d in run_dirs(rig) if qemu_of(d)]
+
+
+def test_cleanup_without_inventory_is_a_usage_error(tmp_path):
+    r = pytest_run(["--kvm-cleanup"], tmp_path)
+    assert r.returncode == 4 and "--kvm-cleanup needs an inventory" in r.stderr

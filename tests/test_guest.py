@@ -1,0 +1,118 @@
+"""Guests on real sshd hosts over SSH: boot, commands, QMP, crash at boot, overlays, stop."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_kvm.errors import KvmError
+from pytest_kvm.fixtures import KvmSession
+from pytest_kvm.guest import Disk, GuestCommandTimeout, GuestDied, GuestSpec, Owner, stale_runs
+from pytest_kvm.guest.qemu import controller_id
+
+
+@pytest.fixture(scope="module")
+def session(rig_inventory):
+    s = KvmSession(rig_inventory, Owner.current("t" + controller_id()[:7]))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def host(session):
+    return session.host("host1")
+
+
+@pytest.fixture(scope="module")
+def booted(session, host):
+    """One micro guest on rig host1, over SSH, shared by the checks that do not change it."""
+    g = session.start_guest(host, GuestSpec(name="shared"), "test_guest")
+    yield g
+    g.stop()
+
+
+def test_boots_over_ssh_to_a_shell(booted):
+    status, out = booted.run("uname -r; cat /proc/cmdline")
+    assert status == 0
+    assert "console=ttyS0" in out
+    assert booted.accel == "tcg"  # this machine kind: no usable hardware KVM
+
+
+def test_exit_status_and_output(booted):
+    assert booted.run("echo hello; false", check=False) == (1, "hello\n")
+    assert booted.run("printf 'a\\nb\\n'") == (0, "a\nb\n")
+
+
+def test_command_timeout_is_interrupted_and_console_recovers(booted):
+    with pytest.raises(GuestCommandTimeout, match="`sleep 30` did not finish within 1 s"):
+        booted.run("sleep 30", timeout=1)
+    assert booted.run("echo still here") == (0, "still here\n")
+
+
+def test_qmp_answers(booted):
+    assert booted.qmp.execute("query-status")["status"] == "running"
+    names = [d["qdev"] for d in booted.qmp.execute("query-pci")[0]["devices"] if d.get("qdev")]
+    assert isinstance(names, list)
+
+
+def test_run_dir_holds_sockets_logs_and_owner(booted, host):
+    listing = host.run(["ls", booted.rundir]).stdout.split()
+    assert {"c.sock", "q.sock", "console.log", "qemu.log", "qemu.pid", "owner",
+            "cmdline"} <= set(listing)
+    assert booted.name.startswith("pytest-kvm-") and booted.name.endswith("test_guest")
+    ps = host.run(["ps", "-o", "args=", "-p", str(booted.pid)]).stdout
+    assert booted.name in ps
+
+
+def test_overlay_disks_on_a_cached_base(session, host):
+    g = session.start_guest(host, GuestSpec(name="disks", disks=(Disk(size="32M"),
+                                                                Disk(size="32M", interface="scsi"))))
+    try:
+        info = host.run(["qemu-img", "info", "-U", f"{g.rundir}/disk0.qcow2"]).stdout
+        assert f"backing file: {host.workdir}/cache/blank-32M.qcow2" in info
+        out = g.sh("cat /sys/block/vda/size /sys/block/sda/size")
+        assert out.split() == [str(32 * 2048)] * 2  # 512-byte sectors
+        g.sh("echo data > /dev/vda; sync")
+    finally:
+        g.stop()
+    base = host.run(["qemu-img", "info", "-U", f"{host.workdir}/cache/blank-32M.qcow2"]).stdout
+    assert "backing file" not in base  # the base itself was never written
+
+
+def test_crash_at_boot_is_detected_with_the_console_tail(session, host):
+    with pytest.raises(GuestDied) as exc:
+        session.start_guest(host, GuestSpec(name="crash", append="rdinit=/no/such/init"))
+    msg = str(exc.value)
+    assert "QEMU exited before the guest was ready" in msg
+    assert "Kernel panic" in msg or "No working init" in msg
+    assert host.run(["sh", "-c", f"ls {host.workdir}/run | grep -c . || true"]).stdout.strip() \
+        in ("0", "1")  # only the shared guest's dir can remain
+
+
+def test_bad_qemu_option_is_reported_with_stderr(session, host):
+    with pytest.raises(KvmError, match="QEMU exited at once: .*no-such-device"):
+        session.start_guest(host, GuestSpec(name="bad", devices=("no-such-device",)))
+
+
+def test_stop_leaves_nothing(session, host):
+    g = session.start_guest(host, GuestSpec(name="stopme"))
+    pid, rundir = g.pid, g.rundir
+    g.stop()
+    assert not g.alive()
+    assert host.run(["test", "-e", rundir], check=False).status == 1
+    state = host.run(["ps", "-o", "stat=", "-p", str(pid)], check=False).stdout.strip()
+    assert state[:1] in ("", "Z"), f"QEMU {pid} is still there: {state}"  # gone, or being reaped
+
+
+def test_stop_escalates_when_qmp_quit_is_ignored(session, host):
+    g = session.start_guest(host, GuestSpec(name="stubborn"))
+    host.run(["kill", "-STOP", str(g.pid)])  # a hung QEMU: QMP quit is never processed
+    g.stop()  # QMP times out, then SIGTERM (pending while stopped), then SIGKILL
+    assert not g.alive()
+
+
+def test_sweep_finds_only_dead_owners(session, host):
+    g = session.start_guest(host, GuestSpec(name="mine"))
+    try:
+        assert g.rundir not in stale_runs(host, None)  # this process is alive: not stale
+    finally:
+        g.stop()

@@ -9,10 +9,10 @@ import subprocess
 import tempfile
 import time
 
-from rig import SshRig
-
 from pytest_kvm.inventory import parse
 from pytest_kvm.transport import for_entry
+
+from rig import SshRig
 
 N = 200
 

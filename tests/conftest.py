@@ -9,10 +9,10 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from rig import SshRig  # noqa: E402
-
 from pytest_kvm import inventory  # noqa: E402
 from pytest_kvm.transport import for_entry  # noqa: E402
+
+from rig import SshRig  # noqa: E402
 
 
 @pytest.fixture(scope="session")

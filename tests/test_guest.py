@@ -64,8 +64,8 @@ def test_run_dir_holds_sockets_logs_and_owner(booted, host):
 
 
 def test_overlay_disks_on_a_cached_base(session, host):
-    g = session.start_guest(host, GuestSpec(name="disks", disks=(Disk(size="32M"),
-                                                                Disk(size="32M", interface="scsi"))))
+    disks = (Disk(size="32M"), Disk(size="32M", interface="scsi"))
+    g = session.start_guest(host, GuestSpec(name="disks", disks=disks))
     try:
         info = host.run(["qemu-img", "info", "-U", f"{g.rundir}/disk0.qcow2"]).stdout
         assert f"backing file: {host.workdir}/cache/blank-32M.qcow2" in info

@@ -20,19 +20,33 @@ if command -v qemu-system-x86_64 >/dev/null; then
   [ "${qv:-0}" -ge 8 ] || missing+=(qemu-system-x86)
 fi
 
+# The Debian mirror this machine already uses (deb822 or one-line format).
+mirror() {
+  # deb822: the stanza for suite bookworm signed with Debian's archive keyring
+  awk 'BEGIN{RS=""} /Suites:[^\n]*bookworm( |\n|$)/ && /debian-archive-keyring/ {
+         for (i = 1; i < NF; i++) if ($i == "URIs:") { print $(i+1); exit } }' \
+      /etc/apt/sources.list.d/*.sources 2>/dev/null | grep . ||
+    awk '$1=="deb" && $3=="bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null | grep .
+}
+
 if [ ${#missing[@]} -gt 0 ]; then
+  uri=$(mirror || true)
+  if [ -z "$uri" ]; then
+    echo "pytest-kvm: cannot find this machine's Debian mirror in /etc/apt; add a" >&2
+    echo "bookworm-backports source yourself, then: apt-get install -t bookworm-backports ${BPO_PKGS[*]}" >&2
+    exit 1
+  fi
   if [ "$(id -u)" != 0 ]; then
     echo "pytest-kvm: missing packages: ${missing[*]}" >&2
     echo "run as root:" >&2
-    echo "  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' > $BPO_FILE" >&2
+    echo "  printf 'Types: deb\nURIs: $uri\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' > $BPO_FILE" >&2
     echo "  apt-get update && apt-get install -y ${APT_PKGS[*]} && apt-get install -y -t bookworm-backports ${BPO_PKGS[*]}" >&2
     exit 1
   fi
   if [ ! -f "$BPO_FILE" ]; then
     # Same mirror and keyring as the machine's own bookworm entry.
-    uri=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
     printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-      "${uri:-http://deb.debian.org/debian}" > "$BPO_FILE"
+      "$uri" > "$BPO_FILE"
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q

@@ -27,7 +27,7 @@ from filelock import FileLock
 
 from ..errors import KvmError
 
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 READY_MARKER = "PYTEST-KVM-READY"
 PROMPT = "[pytest-kvm]# "
 BUSYBOX = "/bin/busybox"
@@ -37,6 +37,7 @@ MODULES = (
     "virtio_pci", "virtio_net", "virtio_blk", "virtio_scsi", "virtio_balloon", "virtio_console",
     "virtio_rng", "9p", "9pnet_virtio", "kvm", "kvm_intel", "kvm_amd", "vfio", "vfio_pci",
     "vfio_iommu_type1", "igb", "igbvf", "nvme", "e1000e", "sd_mod", "crc32c_generic", "ext4",
+    "isofs",
 )
 
 INIT = r"""#!/bin/busybox sh
@@ -59,6 +60,17 @@ for pass in 1 2 3 4 5; do
   prev=$cur
 done
 ip link set lo up 2>/dev/null
+# A distro root disk booted with this kernel (pkvm.root=/dev/vda): hand over to its init.
+root=$(sed -n 's/.*pkvm.root=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$root" ]; then
+  modprobe -q crc32c_generic; modprobe -q ext4
+  mkdir -p /newroot
+  if mount -o rw "$root" /newroot; then
+    umount /dev/pts; mount --move /dev /newroot/dev; umount /proc /sys
+    exec switch_root /newroot /sbin/init
+  fi
+  echo "pytest-kvm: cannot mount $root" > /dev/console
+fi
 echo "@READY@ $(uname -r)"
 while true; do setsid cttyhack sh -l; done
 """

@@ -13,6 +13,7 @@ import pexpect
 
 from ..errors import KvmError
 from ..host import Host
+from .cloudinit import console_login, nocloud_seed
 from .console import Console, GuestCommandTimeout
 from .image import PROMPT, READY_MARKER, MicroImage
 from .qmp import Qmp
@@ -196,12 +197,18 @@ class Guest:
 
     def wait_ready(self, marker: str = READY_MARKER, timeout: float | None = None) -> float:
         """Wait for the boot marker and a shell prompt; returns seconds waited."""
-        timeout = timeout or self.spec.boot_timeout or boot_timeout(self.accel)
+        ci = self.spec.cloud_init
+        timeout = timeout or self.spec.boot_timeout or (
+            ci.login_timeout if ci else boot_timeout(self.accel))
         start = time.monotonic()
         console = self.console  # connected before looking at the log: no line is missed
-        seen = self.host.run(["grep", "-qF", marker, f"{self.rundir}/console.log"],
-                             check=False, timeout=30).ok
         try:
+            if ci is not None:
+                marker = "login: "
+                console_login(console, ci, timeout)
+                return time.monotonic() - start
+            seen = self.host.run(["grep", "-qF", marker, f"{self.rundir}/console.log"],
+                                 check=False, timeout=30).ok
             if not seen:
                 console.expect_exact(marker, timeout=timeout)
             console.sendline("")
@@ -250,9 +257,11 @@ def start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, se
                 label: str = "", wait: bool = True) -> Guest:
     """Provision and boot a guest on a host; returns once its shell is ready (``wait``)."""
     accel = spec.accel or host.accel
-    kernel = host.put_cached(spec.kernel or image.kernel)
+    boot_disk = spec.cloud_init is not None and spec.kernel is None and spec.root is None
+    kernel = None if boot_disk else host.put_cached(spec.kernel or image.kernel)
     initrd = spec.initrd or (image.initrd if spec.kernel is None else None)
-    initrd = host.put_cached(initrd) if initrd else None
+    initrd = host.put_cached(initrd) if initrd and not boot_disk else None
+    seed = host.put_cached(nocloud_seed(spec.cloud_init)) if spec.cloud_init else None
     rundir = f"{host.workdir}/{RUN_DIR}/{owner.run_id}-{seq}"
     proc_name = f"pytest-kvm-{owner.run_id}-{safe_name(label or spec.name)}"
     bases = []
@@ -267,7 +276,7 @@ def start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, se
                             '"$2" && mv -f "$1.$$" "$1"; }', "blank", base, disk.size])
             bases.append(base)
     rendered = render(spec, qemu=host.qemu, accel=accel, rundir=rundir, proc_name=proc_name,
-                      kernel=kernel, initrd=initrd, disk_bases=bases)
+                      kernel=kernel, initrd=initrd, disk_bases=bases, seed=seed)
     for overlay, base, fmt in rendered.overlays:
         prepare.append(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", base,
                         overlay])

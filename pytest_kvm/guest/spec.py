@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from .cloudinit import CloudInit
+
 
 @dataclass(frozen=True)
 class Disk:
@@ -50,6 +52,8 @@ class GuestSpec:
     devices: tuple[str, ...] = ()  # extra -device values, e.g. "vfio-pci,host=0000:01:00.0"
     args: tuple[str, ...] = ()  # extra raw arguments
     incoming: str | None = None  # e.g. "defer" or "tcp:0:4444"
+    cloud_init: CloudInit | None = None  # a distro guest: NoCloud seed + console login
+    root: str | None = None  # boot the micro kernel, then switch_root to this disk (/dev/vda)
     boot_timeout: float | None = None  # default scales with the accelerator
 
     def with_(self, **changes) -> GuestSpec:
@@ -71,10 +75,12 @@ class Rendered:
 
 
 def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: str,
-           kernel: str, initrd: str | None, disk_bases: list[str]) -> Rendered:
+           kernel: str | None, initrd: str | None, disk_bases: list[str],
+           seed: str | None = None) -> Rendered:
     """QEMU's argv for a spec; disk_bases are the bases (on the host) of spec.disks."""
     cpu = spec.cpu or ("host" if accel == "kvm" else "max")
-    append = " ".join(x for x in ("console=ttyS0 quiet panic=-1", spec.append) if x)
+    root = f"pkvm.root={spec.root}" if spec.root else ""
+    append = " ".join(x for x in ("console=ttyS0 quiet panic=-1", root, spec.append) if x)
     argv = [
         qemu, "-name", f"{proc_name},process={proc_name[:15]}",
         "-machine", f"{spec.machine},accel={accel}", "-cpu", cpu,
@@ -86,11 +92,11 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
         "-chardev", f"socket,id=qmp0,path={rundir}/q.sock,server=on,wait=off",
         "-mon", "chardev=qmp0,mode=control",
         "-pidfile", f"{rundir}/qemu.pid",
-        "-kernel", kernel,
-        "-append", append,
     ]
-    if initrd:
-        argv += ["-initrd", initrd]
+    if kernel:  # else the disk's own bootloader
+        argv += ["-kernel", kernel, "-append", append]
+        if initrd:
+            argv += ["-initrd", initrd]
     out = Rendered(argv)
     if any(d.interface == "scsi" for d in spec.disks):
         argv += ["-device", "virtio-scsi-pci,id=scsi0"]
@@ -103,6 +109,9 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
             argv += ["-device", f"virtio-blk-pci,drive=disk{i},id=vd{i}"]
         else:
             argv += ["-device", f"scsi-hd,drive=disk{i},bus=scsi0.0,id=sd{i}"]
+    if seed:
+        argv += ["-drive", f"if=none,id=seed,file={seed},format=raw,readonly=on",
+                 "-device", "virtio-blk-pci,drive=seed,id=seed"]
     for i, nic in enumerate(spec.nics):
         # user networking with no restrictions would let a guest reach the outside network
         netdev = f"{nic.netdev},restrict=on" if nic.netdev == "user" else nic.netdev

@@ -1,0 +1,91 @@
+"""Distro guests: a cloud-init NoCloud seed (built in Python with pycdlib) and a console login."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+
+import pexpect
+import pycdlib
+
+from .image import PROMPT, cache_root
+
+
+@dataclass(frozen=True)
+class CloudInit:
+    """What the seed tells cloud-init: a user with a password and/or SSH keys, a hostname.
+
+    The password is a secret: it is never part of a repr, a log or a report.
+    """
+
+    user: str = "root"
+    password: str | None = field(default=None, repr=False)
+    ssh_keys: tuple[str, ...] = ()
+    hostname: str = "pytest-kvm-guest"
+    login_timeout: float = 600.0  # a distro boot under TCG is slow
+
+    def user_data(self) -> str:
+        user: dict = {"name": self.user, "lock_passwd": self.password is None}
+        if self.user != "root":
+            user.update(sudo="ALL=(ALL) NOPASSWD:ALL", shell="/bin/bash")
+        if self.ssh_keys:
+            user["ssh_authorized_keys"] = list(self.ssh_keys)
+        data: dict = {"hostname": self.hostname, "disable_root": False, "ssh_pwauth": False,
+                      "users": [user]}
+        if self.password is not None:
+            data["chpasswd"] = {"expire": False, "users": [
+                {"name": self.user, "password": self.password, "type": "text"}]}
+        # JSON is YAML: no YAML library needed to write cloud-config.
+        return "#cloud-config\n" + json.dumps(data, indent=1) + "\n"
+
+    def meta_data(self) -> str:
+        instance = hashlib.sha256(self.user_data().encode()).hexdigest()[:16]
+        return f"instance-id: pytest-kvm-{instance}\nlocal-hostname: {self.hostname}\n"
+
+
+def nocloud_seed(ci: CloudInit) -> str:
+    """An ISO9660 'cidata' volume with meta-data and user-data; cached by content."""
+    files = {"meta-data": ci.meta_data().encode(), "user-data": ci.user_data().encode()}
+    digest = hashlib.sha256(b"".join(k.encode() + v for k, v in files.items())).hexdigest()[:24]
+    out = cache_root() / "seeds" / f"seed-{digest}.iso"
+    if out.exists():
+        return str(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
+    for name, data in files.items():
+        short = "/" + name.replace("-", "").upper()[:8] + ".;1"
+        iso.add_fp(io.BytesIO(data), len(data), short, rr_name=name, joliet_path="/" + name)
+    tmp = f"{out}.{os.getpid()}"
+    iso.write(tmp)
+    iso.close()
+    os.replace(tmp, out)
+    os.chmod(out, 0o600)  # it may hold a password
+    return str(out)
+
+
+def console_login(console, ci: CloudInit, deadline_s: float) -> None:
+    """Log in on a serial getty, retrying while cloud-init has not set the password yet,
+    then switch the shell to pytest-kvm's prompt so ``run`` works as on the micro guest."""
+    import time
+
+    deadline = time.monotonic() + deadline_s
+    while True:
+        left = max(1.0, deadline - time.monotonic())
+        console.sendline("")
+        console.expect(r"login: ", timeout=left)
+        console.sendline(ci.user)
+        i = console.expect([r"[Pp]assword: ", r"\$ ", r"# "], timeout=60)
+        if i == 0:
+            console.send((ci.password or "") + "\n")  # sent, never logged by us
+            i = console.expect([r"Login incorrect", r"\$ ", r"# "], timeout=60)
+        if i != 0:
+            break
+        if time.monotonic() > deadline:
+            raise pexpect.TIMEOUT("login kept failing")
+        time.sleep(5)  # cloud-init has not set the password yet
+    console.sendline(f"export PS1='{PROMPT}'; stty -echoctl 2>/dev/null")
+    console.expect_exact(PROMPT, timeout=30)

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import itertools
+import secrets
 import threading
 
 import pytest
 
 from .errors import KvmError
-from .guest import Guest, GuestSpec, MicroImage, Owner, build_micro, start_guest, sweep
+from .guest import (
+    CloudInit,
+    Disk,
+    Guest,
+    GuestSpec,
+    MicroImage,
+    Owner,
+    build_micro,
+    start_guest,
+    sweep,
+)
+from .guest.qemu import safe_name
 from .host import Host
 from .inventory import Inventory
 from .transport import Transport, for_entry
@@ -101,7 +113,7 @@ class GuestFactory:
         if host is None:
             raise KvmError("guest_factory needs a host: use kvm_host in the test or pass host=")
         spec = (spec or GuestSpec()).with_(**changes) if changes else (spec or GuestSpec())
-        guest = self.session.start_guest(host, spec, self.label, wait)
+        guest = self.session.start_guest(host, with_host_image(spec, host), self.label, wait)
         self.guests.append(guest)
         return guest
 
@@ -124,6 +136,18 @@ class GuestFactory:
         if errors:
             raise KvmError("; ".join(errors))
         return kept
+
+
+def with_host_image(spec: GuestSpec, host: Host) -> GuestSpec:
+    """The spec on the host's distro image (kvm_guest_image), when it names one and the spec
+    does not bring its own kernel or image: boot disk first, a fresh cloud-init seed."""
+    image = host.entry.get("kvm_guest_image")
+    if not image or spec.kernel or spec.cloud_init or spec.root:
+        return spec
+    ci = CloudInit(user=host.entry.get("kvm_guest_user", "root"),
+                   password=secrets.token_urlsafe(12), hostname=safe_name(spec.name, 30))
+    return spec.with_(disks=(Disk(image=image), *spec.disks), cloud_init=ci,
+                      root=host.entry.get("kvm_guest_root"), memory=max(spec.memory, 1024))
 
 
 def _failed(request, node) -> bool:

@@ -132,6 +132,11 @@ KEYS: dict[str, Key] = {
     "kvm_guest_kernel": Key(_str, "vmlinuz on the controller for the micro guest (with "
                             "kvm_guest_modules; default: Debian's linux-image package)"),
     "kvm_guest_modules": Key(_str, "that kernel's modules directory (.../lib/modules/VERSION)"),
+    "kvm_guest_image": Key(_str, "a distro qcow2 (cloud image) on the controller: guests on this "
+                           "host boot it with a cloud-init NoCloud seed"),
+    "kvm_guest_root": Key(_abspath, "boot kvm_guest_image with the micro kernel and switch_root "
+                          "to this disk (for an image without a bootloader), e.g. /dev/vda"),
+    "kvm_guest_user": Key(_str, "user cloud-init creates in kvm_guest_image guests (default root)"),
     "kvm_workdir": Key(_abspath, "run dirs and cached files (default /var/tmp/pytest-kvm)"),
 }
 

@@ -64,3 +64,23 @@ def test_password_is_in_no_log(debian):
     for log in ("console.log", "qemu.log", "cmdline"):
         assert ci.password not in guest.read_log(log, 100000)
     assert ci.password not in repr(guest.spec)
+
+
+def test_virtio_suite_on_the_inventory_distro_image(tmp_path):
+    """The virtio suite as a user runs it, on a host whose inventory names a distro image."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    image = debian_image.build()
+    suite = Path(__file__).parent.parent / "suites" / "test_virtio.py"
+    shutil.copy(suite, tmp_path)
+    (tmp_path / "hosts.ini").write_text(
+        "[lab]\nlocalhost ansible_connection=local "
+        f"kvm_guest_image={image} kvm_guest_root=/dev/vda\n")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                        "--hosts", "hosts.ini"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "14 passed" in r.stdout

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import shutil
+import tempfile
 import threading
 
 import pytest
 
 from .errors import KvmError
+from .features import nesting
 from .guest import (
     CloudInit,
     Disk,
@@ -47,6 +50,8 @@ class KvmSession:
         self._images: dict[tuple, MicroImage] = {}
         self._seq = itertools.count(1)
         self._lock = threading.RLock()
+        self._l1_guests: list[Guest] = []
+        self._keydir: str | None = None
 
     def host(self, name: str, sweep_leftovers: bool = True) -> Host:
         """The Host, connected and with its facts probed; KvmError when it cannot be reached.
@@ -56,11 +61,10 @@ class KvmSession:
         with self._lock:
             if name in self._broken:
                 raise KvmError(self._broken[name])
-            if name not in self._hosts:
-                entry = self.inventory.hosts[name]
-                self._hosts[name] = Host(entry, for_entry(entry, self.inventory, self._transports))
-            host = self._hosts[name]
             try:
+                if name not in self._hosts:
+                    self._hosts[name] = self._connect(self.inventory.hosts[name])
+                host = self._hosts[name]
                 host.facts  # noqa: B018 - connects and probes once
                 if sweep_leftovers and name not in self.swept:
                     self.swept[name] = sweep(host, self.owner.run_id)
@@ -68,6 +72,24 @@ class KvmSession:
                 self._broken[name] = str(exc)
                 raise
         return host
+
+    def _connect(self, entry) -> Host:
+        parent_name = entry.get("kvm_parent")
+        if parent_name is None:
+            return Host(entry, for_entry(entry, self.inventory, self._transports))
+        # A nested host: boot it as a guest on its parent, then use it over SSH.
+        parent = self.host(parent_name)
+        host, l1 = nesting.provision(parent, entry, nesting.L1Options.from_entry(entry),
+                                     self.keydir,
+                                     lambda p, spec: self.start_guest(p, spec, entry.name))
+        self._l1_guests.append(l1)
+        return host
+
+    @property
+    def keydir(self) -> str:
+        if self._keydir is None:
+            self._keydir = tempfile.mkdtemp(prefix="pytest-kvm-keys-")
+        return self._keydir
 
     def image_for(self, host: Host) -> MicroImage:
         key = (host.entry.get("kvm_guest_kernel"), host.entry.get("kvm_guest_modules"))
@@ -82,8 +104,18 @@ class KvmSession:
         return start_guest(host, spec, self.image_for(host), self.owner, seq, label, wait)
 
     def close(self) -> None:
+        """Stop the nested hosts (innermost first) and close every connection."""
+        for host in self._hosts.values():
+            host.transport.close()
+        for guest in reversed(self._l1_guests):
+            try:
+                guest.stop()
+            except KvmError:
+                pass  # swept by the next run
         for transport in self._transports.values():
             transport.close()
+        if self._keydir:
+            shutil.rmtree(self._keydir, ignore_errors=True)
 
 
 SESSION_KEY = pytest.StashKey[KvmSession | None]()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from .errors import KvmError
 from .inventory import HostEntry
-from .transport import Transport
+from .transport import Transport, forwarded
 
 # One round trip: everything a suite needs to decide what it can check on this host.
 # Positional arguments are the PCI addresses the inventory names; $QEMU the binary.
@@ -239,6 +239,12 @@ class Host:
         if not self.facts.socat:
             raise KvmError(f"{self.name}: socat not found; install it (apt-get install socat)")
         return self.transport.open_stream(["socat", "-", f"UNIX-CONNECT:{path}"])
+
+    def forwarded_host(self, entry: HostEntry, port: int, key_file: str,
+                       known_hosts: str) -> Host:
+        """Another host whose sshd is forwarded to a port on this host's loopback."""
+        return Host(entry, forwarded(entry.name, self.transport, port, key_file, known_hosts,
+                                     entry.get("kvm_workdir")))
 
     # -- sysfs and modules ------------------------------------------------------------------
     def read(self, path: str, default: str | None = None) -> str:

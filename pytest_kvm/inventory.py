@@ -76,6 +76,42 @@ def _positive(value: str) -> float:
     return number
 
 
+def _mib(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"must be a whole number of MiB, got {value!r}") from None
+    if number < 128:
+        raise ValueError(f"must be at least 128 (MiB), got {number}")
+    return number
+
+
+def _count(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def _devices(value: str) -> tuple[str, ...]:
+    """``igb,e1000e,nvme:serial=n1`` -> ("igb", "e1000e", "nvme,serial=n1")."""
+    items = tuple(v.strip().replace(":", ",") for v in value.split(",") if v.strip())
+    for item in items:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]*(,[A-Za-z0-9_-]+=[A-Za-z0-9_.-]+)*", item):
+            raise ValueError(f"{item!r} is not a QEMU device (e.g. igb or nvme:serial=n1)")
+    return items
+
+
+SUITES = ("virtio", "passthrough", "sriov", "migration", "nested")
+
+
+def _suites(value: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    for item in items:
+        if item not in SUITES:
+            raise ValueError(f"names unknown suite {item!r}; known: {', '.join(SUITES)}")
+    return items
+
+
 def normalize_bdf(value: str) -> str:
     """``01:00.0`` -> ``0000:01:00.0``; raises ValueError for anything that is not a BDF."""
     match = BDF_RE.match(value.strip())
@@ -123,6 +159,14 @@ KEYS: dict[str, Key] = {
     "kvm_sriov_pf": Key(_bdf_list, "comma-separated PCI addresses of SR-IOV PFs to use"),
     "kvm_shared_storage": Key(_abspath, "a directory every migration peer sees (NFS)"),
     "kvm_parent": Key(_str, "inventory host that runs this host as a nested L1 guest"),
+    "kvm_l1_cpu": Key(_str, "nested host: its CPU model (default host under kvm, max under "
+                      "tcg: both expose the virtualization extension)"),
+    "kvm_l1_memory": Key(_mib, "nested host: memory in MiB (default 3072)"),
+    "kvm_l1_smp": Key(_count, "nested host: vCPUs (default 2)"),
+    "kvm_l1_devices": Key(_devices, "nested host: emulated PCI devices, each behind its own "
+                          "PCIe root port, device i at 0000:0i:00.0 (e.g. igb,e1000e)"),
+    "kvm_l1_iommu": Key(_bool, "nested host: an intel-iommu (default: yes when it has devices)"),
+    "kvm_suites": Key(_suites, "the suites this host takes part in (default: all)"),
     "kvm_known_hosts": Key(_str, "known_hosts file for host keys (default ~/.ssh/known_hosts)"),
     "kvm_host_key": Key(
         _choice("strict", "accept-new"),

@@ -85,6 +85,8 @@ def _run_identity() -> tuple[Owner, str]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "kvm_suite(name): the suite this module belongs to "
+                            "(hosts take part through the inventory key kvm_suites)")
     config.stash[SESSION_KEY] = None
     config.stash[FAILED_KEY] = set()
     path = inventory_path(config)
@@ -154,8 +156,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("kvm_host", [pytest.param(None, marks=pytest.mark.skip(
             reason=NO_INVENTORY))], ids=["no-inventory"], indirect=True, scope="module")
         return
-    names = sorted(session.inventory.hosts)  # deterministic: xdist workers agree
+    names = suite_hosts(session.inventory, metafunc.definition.get_closest_marker("kvm_suite"))
     metafunc.parametrize("kvm_host", names, ids=names, indirect=True, scope="module")
+
+
+def suite_hosts(inventory, marker) -> list[str]:
+    """The hosts a suite runs on: all, or those whose kvm_suites names the suite's
+    ``@pytest.mark.kvm_suite(name)``. Sorted, so that xdist workers agree."""
+    suite = marker.args[0] if marker and marker.args else None
+    return sorted(name for name, entry in inventory.hosts.items()
+                  if suite is None or suite in entry.get("kvm_suites", (suite,)))
 
 
 @pytest.hookimpl(hookwrapper=True)

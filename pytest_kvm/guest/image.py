@@ -37,7 +37,7 @@ MODULES = (
     "virtio_pci", "virtio_net", "virtio_blk", "virtio_scsi", "virtio_balloon", "virtio_console",
     "virtio_rng", "9p", "9pnet_virtio", "kvm", "kvm_intel", "kvm_amd", "vfio", "vfio_pci",
     "vfio_iommu_type1", "igb", "igbvf", "nvme", "e1000e", "sd_mod", "crc32c_generic", "ext4",
-    "isofs",
+    "isofs", "overlay",
 )
 
 INIT = r"""#!/bin/busybox sh
@@ -59,6 +59,12 @@ for pass in 1 2 3 4 5; do
   for alias in $cur; do modprobe -q "$alias" 2>/dev/null; done
   prev=$cur
 done
+# The CPU's modalias (kvm_intel/kvm_amd by vmx/svm) is too long for busybox's modprobe:
+# match it against the CPU aliases here.
+cpu=$(cat /sys/devices/system/cpu/modalias 2>/dev/null)
+grep '^alias cpu:' /lib/modules/$(uname -r)/modules.alias | while read -r _ pattern module; do
+  case "$cpu" in $pattern) modprobe -q "$module";; esac
+done
 ip link set lo up 2>/dev/null
 # A distro root disk booted with this kernel (pkvm.root=/dev/vda): hand over to its init.
 root=$(sed -n 's/.*pkvm.root=\([^ ]*\).*/\1/p' /proc/cmdline)
@@ -71,8 +77,44 @@ if [ -n "$root" ]; then
   fi
   echo "pytest-kvm: cannot mount $root" > /dev/console
 fi
+grep -q pkvm.hostroot /proc/cmdline && . /etc/pkvm-hostroot.sh
 echo "@READY@ $(uname -r)"
 while true; do setsid cttyhack sh -l; done
+"""
+
+# A KVM host made of a guest: the parent's root filesystem, read-only over 9p, with tmpfs where
+# writes are needed, this kernel's modules, and sshd with a fresh host key that is printed on
+# the console (so the controller can pin it). Commands over SSH run chrooted in that root.
+HOSTROOT = r"""
+arg() { sed -n "s/.*pkvm.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+modprobe -q virtio_pci; modprobe -q 9pnet_virtio; modprobe -q 9p; modprobe -q overlay
+R=/mnt/host
+mkdir -p /mnt/lower /mnt/rw $R
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /mnt/lower
+mount -t tmpfs tmpfs /mnt/rw && mkdir -p /mnt/rw/upper /mnt/rw/work
+# Writes land in this guest's memory; the parent's files are never changed.
+mount -t overlay overlay -o lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work $R ||
+  echo "PKVM-HOSTROOT-FAILED"
+for d in tmp run var/tmp; do mount -t tmpfs -o mode=1777 tmpfs $R/$d; done
+# No dotfiles: every SSH command would run them (and the parent's may be slow here).
+rm -f $R/root/.bashrc $R/root/.profile $R/root/.bash_profile $R/root/.bash_login
+rm -rf $R/lib/modules; mkdir -p $R/lib/modules/$(uname -r)
+mount --bind /lib/modules/$(uname -r) $R/lib/modules/$(uname -r)
+mount --rbind /dev $R/dev; mount -t proc proc $R/proc; mount -t sysfs sysfs $R/sys
+# The management NIC is the one with the MAC the parent gave it (drivers load in any order).
+mac=$(arg mac)
+for i in /sys/class/net/*; do [ "$(cat $i/address)" = "$mac" ] && dev=${i##*/}; done
+ip link set "$dev" up && ip addr add 10.0.2.15/24 dev "$dev" && ip route add default via 10.0.2.2
+mkdir -p $R/run/sshd $R/run/pkvm
+arg authkey | tr ':' ' ' > $R/run/pkvm/authorized_keys
+chroot $R ssh-keygen -q -t ed25519 -N '' -f /run/pkvm/host_key
+printf '%s\n' "HostKey /run/pkvm/host_key" "PermitRootLogin prohibit-password" \
+  "PubkeyAuthentication yes" "PasswordAuthentication no" "KbdInteractiveAuthentication no" \
+  "AuthorizedKeysFile /run/pkvm/authorized_keys" "UsePAM no" "StrictModes no" \
+  "MaxSessions 64" "MaxStartups 64:30:128" "PidFile /run/pkvm/sshd.pid" \
+  "Subsystem sftp internal-sftp" "LogLevel ERROR" > $R/run/pkvm/sshd_config
+chroot $R /usr/sbin/sshd -f /run/pkvm/sshd_config
+echo "PKVM-HOSTKEY $(cut -d' ' -f1,2 $R/run/pkvm/host_key.pub) PKVM-END"
 """
 
 PROFILE = f"""export PATH=/sbin:/bin:/usr/sbin:/usr/bin HOME=/root
@@ -224,7 +266,7 @@ def build_micro(kernel: str | None = None, modules_dir: str | None = None,
     init = INIT.replace("@READY@", READY_MARKER).encode()
     mods = module_closure(mdir, MODULES)
     key = _digest(BUILDER_VERSION.encode(), kpath.read_bytes(), Path(BUSYBOX).read_bytes(),
-                  init, PROFILE.encode(), "\n".join(mods).encode())
+                  init, PROFILE.encode(), HOSTROOT.encode(), "\n".join(mods).encode())
     out = cache_root() / "images" / key
     image = MicroImage(str(out / "vmlinuz"), str(out / "initrd.cpio"), version)
     if (out / ".done").exists():
@@ -249,6 +291,7 @@ def build_micro(kernel: str | None = None, modules_dir: str | None = None,
             cpio.symlink("bin/sh", "busybox")
             cpio.file("init", init, 0o755)
             cpio.file("etc/profile", PROFILE.encode())
+            cpio.file("etc/pkvm-hostroot.sh", HOSTROOT.encode())
             cpio.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
             cpio.file("etc/group", b"root:x:0:\n")
             for path in sorted(Path(tmp, "lib").rglob("*")):

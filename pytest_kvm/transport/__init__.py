@@ -14,7 +14,7 @@ from .local import LocalTransport
 from .ssh import SSHTransport
 
 __all__ = ["Command", "Result", "Stream", "Transport", "LocalTransport", "SSHTransport",
-           "for_entry"]
+           "for_entry", "forwarded"]
 
 SSH_CONFIG = "~/.ssh/config"
 
@@ -83,4 +83,15 @@ def for_entry(entry: HostEntry, inventory: Inventory | None = None,
         known_hosts=known_hosts or None, host_key_policy=policy or "strict",
         connect_timeout=entry.get("kvm_connect_timeout", 10.0), proxy=proxy, workdir=workdir)
     opened[entry.name] = transport
+    return transport
+
+
+def forwarded(name: str, parent: Transport, port: int, key_file: str, known_hosts: str,
+              workdir: str | None = None) -> SSHTransport:
+    """SSH to a port on the parent's loopback (a nested host's forwarded sshd), through the
+    parent's transport, with strict checking against a pinned known_hosts file."""
+    transport = SSHTransport(name, "127.0.0.1", port, "root", key_file, known_hosts=known_hosts,
+                             host_key_policy="strict", connect_timeout=30, proxy=parent,
+                             workdir=workdir)
+    transport.sees_controller_root = isinstance(parent, LocalTransport)
     return transport

@@ -63,6 +63,7 @@ class SSHTransport(Transport):
         if workdir:
             self.workdir = workdir
         self.is_root = user == "root"
+        self.sees_controller_root = False
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.Lock()
@@ -247,6 +248,13 @@ class SSHTransport(Transport):
 
     def get(self, remote: str, local: str) -> None:
         self._sftp_client().get(remote, local)
+
+    def put_cached(self, local: str) -> str:
+        # A nested host whose root is the controller's own (read-only over 9p) already has
+        # every controller file at the same path.
+        if self.sees_controller_root and os.path.isfile(local):
+            return os.path.abspath(local)
+        return super().put_cached(local)
 
     # -- streams ----------------------------------------------------------------------------
     def open_stream(self, argv: Sequence[str]) -> Stream:

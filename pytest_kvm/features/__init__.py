@@ -1,0 +1,1 @@
+"""Features: nested hosts, vfio passthrough, SR-IOV, migration."""

@@ -1,0 +1,140 @@
+"""Nested hosts: an L1 guest that pytest-kvm boots on a parent and then uses as a KVM host.
+
+The L1 runs the micro guest's kernel with the parent's root filesystem (read-only over 9p,
+with an in-memory overlay for writes), so it has the parent's QEMU, sshd and tools without an
+image. Its CPU exposes the virtualization extension (svm and npt under TCG), it can have an
+IOMMU (intel-iommu) and emulated PCI devices each behind its own PCIe root port (device i is
+at 0000:0<i>:00.0 in the L1). Its sshd is forwarded to a port on the parent's loopback and
+reached through the parent's transport; its host key, made at boot, is read from its serial
+console and pinned.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from ..errors import KvmError
+from ..guest import Guest, GuestError, GuestSpec
+from ..host import Host
+from ..inventory import HostEntry
+
+MGMT_MAC = "52:54:00:fa:ce:01"
+HOSTKEY_RE = re.compile(r"PKVM-HOSTKEY (ssh-ed25519 [A-Za-z0-9+/=]+) PKVM-END")
+
+
+class NestedHostError(KvmError):
+    pass
+
+
+@dataclass(frozen=True)
+class L1Options:
+    cpu: str | None = None  # default: host under kvm, max under tcg (svm+npt)
+    memory: int = 3072
+    smp: int = 2
+    devices: tuple[str, ...] = ()  # emulated PCI devices: igb, e1000e, "nvme,serial=x", ...
+    iommu: bool | None = None  # default: on when devices are given
+
+    @classmethod
+    def from_entry(cls, entry: HostEntry) -> L1Options:
+        return cls(cpu=entry.get("kvm_l1_cpu"), memory=entry.get("kvm_l1_memory", 3072),
+                   smp=entry.get("kvm_l1_smp", 2), devices=entry.get("kvm_l1_devices", ()),
+                   iommu=entry.get("kvm_l1_iommu"))
+
+
+def default_cpu(parent: Host) -> str:
+    """A CPU model exposing the virtualization extension: the host's own under kvm; under
+    TCG (which emulates AMD SVM only) `max`, which has svm and npt."""
+    return "host" if parent.accel == "kvm" else "max"
+
+
+def model_cpu(parent: Host) -> str:
+    """A named model plus the extension's flag(s)."""
+    if parent.accel == "kvm" and parent.facts.virt_flag == "vmx":
+        return "qemu64,+vmx"
+    return "qemu64,+svm,+npt"  # svm alone is not enough: L2 triple-faults without npt
+
+
+def keypair(directory: str) -> tuple[str, str]:
+    """A fresh ed25519 key pair for the controller to log in to nested hosts."""
+    path = os.path.join(directory, "nested_ed25519")
+    if not os.path.exists(path):
+        key = ed25519.Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                            serialization.PublicFormat.OpenSSH)
+        with open(path + ".pub", "wb") as f:
+            f.write(pub + b"\n")
+    return path, open(path + ".pub").read().strip()
+
+
+def l1_spec(name: str, parent: Host, opts: L1Options, pubkey: str, port: int) -> GuestSpec:
+    cpu = opts.cpu or default_cpu(parent)
+    iommu = bool(opts.devices) if opts.iommu is None else opts.iommu
+    args: list[str] = []
+    append = ["pkvm.hostroot=1", f"pkvm.mac={MGMT_MAC}",
+              "pkvm.authkey=" + ":".join(pubkey.split()[:2])]
+    if iommu:  # before any other PCI device
+        args += ["-device", "intel-iommu,intremap=on,caching-mode=on"]
+        append += ["intel_iommu=on", "iommu=pt"]
+    args += [
+        "-netdev", f"user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device", f"virtio-net-pci,netdev=mgmt,mac={MGMT_MAC}",
+        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
+                   "multidevs=remap",
+    ]
+    for i, device in enumerate(opts.devices, 1):
+        model = device.split(",", 1)[0]
+        args += ["-device", f"pcie-root-port,id=rp{i},chassis={i},slot={i}"]
+        if model in ("igb", "e1000e", "e1000", "virtio-net-pci", "igbvf"):
+            args += ["-netdev", f"user,id=dn{i},restrict=on",
+                     "-device", f"{device},bus=rp{i},netdev=dn{i}"]
+        else:
+            args += ["-device", f"{device},bus=rp{i}"]
+    return GuestSpec(name=f"l1-{name}", memory=opts.memory, smp=opts.smp, cpu=cpu,
+                     machine="q35,kernel-irqchip=split" if iommu else "q35",
+                     append=" ".join(append), args=tuple(args), boot_timeout=300)
+
+
+def provision(parent: Host, entry: HostEntry, opts: L1Options, keydir: str,
+              start: Callable[[Host, GuestSpec], Guest]) -> tuple[Host, Guest]:
+    """Boot the L1 on the parent; return it as a Host (connected, facts probed) and its guest.
+
+    ``start(parent, spec)`` starts a guest (the session's, so that it is owned and swept).
+    """
+    key, pubkey = keypair(keydir)
+    for attempt in range(4):
+        port = random.randrange(20000, 60000)
+        try:
+            guest = start(parent, l1_spec(entry.name, parent, opts, pubkey, port))
+            break
+        except GuestError as exc:
+            if "host forwarding" in str(exc) and attempt < 3:
+                continue  # the port was taken: another one
+            raise NestedHostError(f"{entry.name}: the L1 guest on {parent.name} did not "
+                                  f"start: {exc}") from None
+    try:
+        log = guest.read_log("console.log", 400)
+        match = HOSTKEY_RE.search(log)
+        if not match:
+            raise NestedHostError(f"{entry.name}: no host key on the L1's console (sshd did "
+                                  f"not start?)\n{log[-2000:]}")
+        known_hosts = os.path.join(keydir, f"known_hosts-{entry.name}")
+        with open(known_hosts, "w") as f:
+            f.write(f"[127.0.0.1]:{port} {match.group(1)}\n")
+        host = parent.forwarded_host(entry, port, key, known_hosts)
+        host.facts  # noqa: B018 - connects (pinned key) and probes
+        return host, guest
+    except BaseException:
+        guest.stop()
+        raise

@@ -25,7 +25,7 @@ from .guest import (
 )
 from .guest.qemu import safe_name
 from .host import Host
-from .inventory import Inventory
+from .inventory import HostEntry, Inventory
 from .transport import Transport, for_entry
 
 NO_INVENTORY = "no inventory given: pass --hosts hosts.ini (or set KVM_HOSTS)"
@@ -84,6 +84,18 @@ class KvmSession:
                                      lambda p, spec: self.start_guest(p, spec, entry.name))
         self._l1_guests.append(l1)
         return host
+
+    def nested_host(self, parent: Host, name: str, opts: nesting.L1Options) -> Host:
+        """A nested host made for a test (not from the inventory); stop it with release()."""
+        entry = HostEntry(name, {"kvm_parent": parent.name}, (), self.inventory.path, 0)
+        host, l1 = nesting.provision(parent, entry, opts, self.keydir,
+                                     lambda p, spec: self.start_guest(p, spec, name))
+        host.l1_guest = l1
+        return host
+
+    def release(self, host: Host) -> None:
+        host.transport.close()
+        host.l1_guest.stop()
 
     @property
     def keydir(self) -> str:

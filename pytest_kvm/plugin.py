@@ -87,6 +87,8 @@ def _run_identity() -> tuple[Owner, str]:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kvm_suite(name): the suite this module belongs to "
                             "(hosts take part through the inventory key kvm_suites)")
+    config.addinivalue_line("markers", "kvm_devices(key): parametrise kvm_pci over the PCI "
+                            "addresses each host names under this inventory key")
     config.stash[SESSION_KEY] = None
     config.stash[FAILED_KEY] = set()
     path = inventory_path(config)
@@ -157,6 +159,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             reason=NO_INVENTORY))], ids=["no-inventory"], indirect=True, scope="module")
         return
     names = suite_hosts(session.inventory, metafunc.definition.get_closest_marker("kvm_suite"))
+    devices = metafunc.definition.get_closest_marker("kvm_devices")
+    if "kvm_pci" in metafunc.fixturenames and devices:
+        # One test per (host, device the inventory names under that key).
+        key = devices.args[0]
+        pairs = [(n, bdf) for n in names for bdf in session.inventory.hosts[n].get(key, ())]
+        if not pairs:
+            metafunc.parametrize(["kvm_host", "kvm_pci"], [pytest.param(None, None, marks=(
+                pytest.mark.skip(reason=f"no host in {session.inventory.path} names a device "
+                                        f"in {key}")))], ids=[f"no-{key}"],
+                indirect=["kvm_host"], scope="module")
+            return
+        metafunc.parametrize(["kvm_host", "kvm_pci"], pairs,
+                             ids=[f"{n}-{bdf}" for n, bdf in pairs], indirect=["kvm_host"],
+                             scope="module")
+        return
     metafunc.parametrize("kvm_host", names, ids=names, indirect=True, scope="module")
 
 

@@ -11,6 +11,7 @@ console and pinned.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -138,3 +139,36 @@ def provision(parent: Host, entry: HostEntry, opts: L1Options, keydir: str,
     except BaseException:
         guest.stop()
         raise
+
+
+EXPANSION = r"""
+printf '%s\n' '{"execute":"qmp_capabilities"}' \
+  '{"execute":"query-cpu-model-expansion","arguments":{"type":"full","model":{"name":"'"$2"'"}}}' \
+  '{"execute":"quit"}' |
+  timeout 60 "$1" -machine none -accel tcg -nodefaults -display none -qmp stdio
+"""
+
+
+def nesting_problem(host: Host) -> str | None:
+    """None when the host can run guests that run guests; else what is wrong and the fix.
+
+    Under kvm: the kvm module's ``nested`` parameter. Under TCG: QEMU's emulated CPU (`max`)
+    must offer svm and npt (QEMU asked with query-cpu-model-expansion)."""
+    facts = host.facts
+    if host.accel == "kvm":
+        module = facts.kvm_module
+        if facts.nested.get(module) not in ("1", "Y", "y"):
+            return (f"{host.name}: nested virtualization is off ({module} nested="
+                    f"{facts.nested.get(module, '?')}); fix: modprobe -r {module}; "
+                    f"modprobe {module} nested=1")
+        return None
+    r = host.run(["sh", "-c", EXPANSION, "expand", host.qemu, "max"], timeout=90, check=False)
+    props: dict = {}
+    for line in r.stdout.splitlines():
+        if '"return"' in line and "model" in line:
+            props = json.loads(line)["return"]["model"]["props"]
+    missing = [f for f in ("svm", "npt") if props.get(f) is not True]
+    if missing:
+        return (f"{host.name}: QEMU {facts.qemu_version}'s TCG CPU 'max' lacks "
+                f"{', '.join(missing)}; install a QEMU that emulates AMD SVM with NPT")
+    return None

@@ -1,0 +1,100 @@
+"""SR-IOV: a PF's virtual functions, counted from sysfs and lspci, and the PF restored."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..errors import KvmError
+from ..host import Host
+from .vfio import check_allowed
+
+SET_NUMVFS = r"""
+d=/sys/bus/pci/devices/$1
+cur=$(cat "$d/sriov_numvfs")
+[ "$cur" = "$2" ] && exit 0
+[ "$cur" != 0 ] && echo 0 > "$d/sriov_numvfs"
+echo "$2" > "$d/sriov_numvfs"
+"""
+
+VFS = r"""
+for l in /sys/bus/pci/devices/$1/virtfn*; do [ -e "$l" ] && echo "${l##*virtfn} $(readlink -f "$l")"; done
+true
+"""
+
+
+class SriovError(KvmError):
+    pass
+
+
+@dataclass
+class PfState:
+    """A PF's settings before the plugin changed them."""
+
+    host: Host
+    pf: str
+    numvfs: int
+    autoprobe: str
+    restored: bool = False
+
+    def restore(self) -> None:
+        if self.restored:
+            return
+        set_numvfs(self.host, self.pf, self.numvfs)
+        self.host.write(f"/sys/bus/pci/devices/{self.pf}/sriov_drivers_autoprobe",
+                        self.autoprobe)
+        self.restored = True
+
+
+def _pf(pf: str) -> str:
+    return f"/sys/bus/pci/devices/{pf}"
+
+
+def totalvfs(host: Host, pf: str) -> int:
+    return int(host.read(f"{_pf(pf)}/sriov_totalvfs", "0") or 0)
+
+
+def numvfs(host: Host, pf: str) -> int:
+    return int(host.read(f"{_pf(pf)}/sriov_numvfs", "0") or 0)
+
+
+def save(host: Host, pf: str) -> PfState:
+    """Remember the PF's numvfs and drivers_autoprobe (check that we may touch it first)."""
+    check_allowed(host, pf)
+    return PfState(host, pf, numvfs(host, pf),
+                   host.read(f"{_pf(pf)}/sriov_drivers_autoprobe", "1"))
+
+
+def set_numvfs(host: Host, pf: str, count: int) -> None:
+    """Write sriov_numvfs (through 0 when it changes from one non-zero count to another)."""
+    r = host.run(["sh", "-c", SET_NUMVFS, "numvfs", pf, str(count)], become=True, check=False,
+                 timeout=120)
+    if not r.ok:
+        raise SriovError(f"{host.name}: setting sriov_numvfs of {pf} to {count} failed: "
+                         f"{(r.stdout + r.stderr).strip()}")
+
+
+def vfs(host: Host, pf: str) -> list[str]:
+    """The PF's VFs, from its virtfn* links, in VF order."""
+    out = host.run(["sh", "-c", VFS, "vfs", pf], timeout=30).stdout
+    pairs = sorted((int(i), path.rsplit("/", 1)[-1]) for i, path in
+                   (line.split() for line in out.splitlines() if line.strip()))
+    return [bdf for _, bdf in pairs]
+
+
+def vf_id(host: Host, pf: str) -> str:
+    """vendor:device of the PF's VFs (sriov_vf_device)."""
+    vendor = host.read(f"{_pf(pf)}/vendor").removeprefix("0x")
+    return f"{vendor}:{host.read(f'{_pf(pf)}/sriov_vf_device')}"
+
+
+def lspci_lines(host: Host, bdfs: list[str]) -> dict[str, str]:
+    """lspci's line for each of these addresses (those lspci lists)."""
+    out = host.run(["lspci", "-D", "-nn"], timeout=60).stdout
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    return {bdf: lines[bdf] for bdf in bdfs if bdf in lines}
+
+
+def lspci_vf_ids(line: str) -> str:
+    match = re.search(r"\[([0-9a-f]{4}:[0-9a-f]{4})\]", line.split("]:", 1)[-1])
+    return match.group(1) if match else ""

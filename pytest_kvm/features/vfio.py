@@ -1,0 +1,148 @@
+"""PCI passthrough: hand a host device to vfio-pci and give it back, touching nothing else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import KvmError
+from ..host import Host
+
+# Devices carrying the host's management connection (the SSH session's interface and the
+# default route's), as PCI addresses.
+MANAGEMENT = r"""
+ifs=$(ip -o route show default 2>/dev/null | sed -n 's/.* dev \([^ ]*\).*/\1/p')
+if [ -n "$SSH_CONNECTION" ]; then
+  set -- $SSH_CONNECTION
+  ifs="$ifs $(ip -o route get "$1" 2>/dev/null | sed -n 's/.* dev \([^ ]*\).*/\1/p')"
+fi
+for i in $ifs; do
+  d=$(readlink -f "/sys/class/net/$i/device" 2>/dev/null) && [ -n "$d" ] && echo "${d##*/}"
+done
+true
+"""
+
+BIND = r"""
+set -e
+d=/sys/bus/pci/devices/$1
+[ -d "$d" ] || { echo "no PCI device $1"; exit 3; }
+modprobe vfio-pci 2>/dev/null || true
+drv=; [ -e "$d/driver" ] && drv=$(basename "$(readlink "$d/driver")")
+override=$(cat "$d/driver_override")
+echo "driver=$drv"
+echo "override=$override"
+[ "$drv" = vfio-pci ] && exit 0
+echo vfio-pci > "$d/driver_override"
+[ -n "$drv" ] && echo "$1" > "$d/driver/unbind"
+echo "$1" > /sys/bus/pci/drivers_probe
+[ "$(basename "$(readlink "$d/driver")")" = vfio-pci ] || { echo "vfio-pci did not bind"; exit 4; }
+"""
+
+RESTORE = r"""
+d=/sys/bus/pci/devices/$1
+[ -d "$d" ] || exit 0
+cur=; [ -e "$d/driver" ] && cur=$(basename "$(readlink "$d/driver")")
+[ -n "$cur" ] && [ "$cur" != "$2" ] && echo "$1" > "$d/driver/unbind"
+if [ "$3" = "(null)" ] || [ -z "$3" ]; then echo > "$d/driver_override"; else echo "$3" > "$d/driver_override"; fi
+if [ -n "$2" ] && [ "$cur" != "$2" ]; then
+  echo "$1" > "/sys/bus/pci/drivers/$2/bind" 2>/dev/null || echo "$1" > /sys/bus/pci/drivers_probe
+fi
+now=; [ -e "$d/driver" ] && now=$(basename "$(readlink "$d/driver")")
+[ "$now" = "$2" ] || { echo "driver is '$now', not '$2'"; exit 4; }
+"""
+
+
+class PassthroughError(KvmError):
+    pass
+
+
+@dataclass
+class Binding:
+    """A device handed to vfio-pci, and what it had before."""
+
+    host: Host
+    bdf: str
+    original_driver: str
+    original_override: str
+    restored: bool = False
+
+    def restore(self) -> None:
+        """Give the device back to its original driver (idempotent)."""
+        if self.restored:
+            return
+        r = self.host.run(["sh", "-c", RESTORE, "restore", self.bdf, self.original_driver,
+                           self.original_override], become=True, check=False, timeout=120)
+        if not r.ok:
+            raise PassthroughError(f"{self.host.name}: could not give {self.bdf} back to "
+                                   f"'{self.original_driver}': {r.stdout.strip()}")
+        self.restored = True
+
+
+def management_devices(host: Host) -> set[str]:
+    return set(host.run(["sh", "-c", MANAGEMENT], timeout=30).stdout.split())
+
+
+def check_allowed(host: Host, bdf: str) -> None:
+    """The plugin only touches devices the inventory names, and never the management NIC."""
+    if bdf not in host.named_devices:
+        raise PassthroughError(f"{host.name}: {bdf} is not named in the inventory "
+                               "(kvm_passthrough or kvm_sriov_pf); pytest-kvm never touches it")
+    if bdf in management_devices(host):
+        raise PassthroughError(f"{host.name}: {bdf} carries the host's management connection; "
+                               "refusing to unbind it")
+
+
+def iommu_group(host: Host, bdf: str) -> tuple[str, list[str]]:
+    """(group number, every device in the group) for a device; ('', []) without an IOMMU."""
+    r = host.run(["sh", "-c", 'g=$(readlink "/sys/bus/pci/devices/$1/iommu_group") || exit 0; '
+                  'echo "${g##*/}"; ls "$g/devices"', "group", bdf], timeout=30)
+    lines = r.stdout.split()
+    return (lines[0], sorted(lines[1:])) if lines else ("", [])
+
+
+def is_bridge(host: Host, bdf: str) -> bool:
+    return host.read(f"/sys/bus/pci/devices/{bdf}/class", "").startswith("0x0604")
+
+
+def blocking_members(host: Host, bdf: str, allowed: set[str]) -> list[str]:
+    """Group members that stop the device from being handed over alone: anything that is not
+    the device itself, a bridge, or another device the inventory lets us use."""
+    _, members = iommu_group(host, bdf)
+    return [m for m in members if m != bdf and m not in allowed and not is_bridge(host, m)]
+
+
+def bind_vfio(host: Host, bdf: str, check: bool = True) -> Binding:
+    """Bind a named device to vfio-pci via driver_override, remembering its driver."""
+    if check:
+        check_allowed(host, bdf)
+    r = host.run(["sh", "-c", BIND, "bind", bdf], become=True, check=False, timeout=120)
+    values = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    binding = Binding(host, bdf, values.get("driver", ""), values.get("override", "(null)"))
+    if not r.ok:
+        if "driver" in values:  # it may be half-way: put it back
+            try:
+                binding.restore()
+            except PassthroughError:
+                pass
+        raise PassthroughError(f"{host.name}: binding {bdf} to vfio-pci failed: "
+                               f"{(r.stdout + r.stderr).strip()}")
+    return binding
+
+
+def driver_of(host: Host, bdf: str) -> str:
+    r = host.run(["readlink", f"/sys/bus/pci/devices/{bdf}/driver"], check=False, timeout=30)
+    return r.stdout.strip().rsplit("/", 1)[-1] if r.ok else ""
+
+
+def vendor_device(host: Host, bdf: str) -> str:
+    d = f"/sys/bus/pci/devices/{bdf}"
+    v, dev = host.read(f"{d}/vendor"), host.read(f"{d}/device")
+    return f"{v.removeprefix('0x')}:{dev.removeprefix('0x')}"
+
+
+GUEST_PCI_IDS = ("for d in /sys/bus/pci/devices/*; do "
+                 "echo $(cat $d/vendor | cut -c3-):$(cat $d/device | cut -c3-); done")
+
+
+def guest_pci_ids(guest) -> list[str]:
+    """vendor:device of every PCI device the guest sees."""
+    return guest.sh(GUEST_PCI_IDS).split()

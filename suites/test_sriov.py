@@ -1,0 +1,78 @@
+"""SR-IOV (lab notes, section 3): a PF creates exactly the VFs asked for, and a VF can be given
+to a guest.
+
+Per PF named in the inventory (kvm_sriov_pf): it reports sriov_totalvfs; for numvfs in
+{1, totalvfs}: writing sriov_numvfs creates that many VFs, and the virtfn links, lspci and the
+VF device ID (sriov_vf_device) agree; a VF bound to vfio-pci shows up in a guest. The PF's
+numvfs and drivers_autoprobe are restored afterwards, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_kvm.features import sriov, vfio
+from pytest_kvm.guest import GuestSpec
+
+pytestmark = [pytest.mark.kvm_suite("sriov"), pytest.mark.kvm_devices("kvm_sriov_pf")]
+
+
+@pytest.fixture(scope="module")
+def pf(kvm_host, kvm_pci):
+    """The PF, with its settings saved first and restored at the end of the module."""
+    state = sriov.save(kvm_host, kvm_pci)
+    # VFs meant for vfio-pci must not be grabbed by the VF driver on creation.
+    kvm_host.write(f"/sys/bus/pci/devices/{kvm_pci}/sriov_drivers_autoprobe", "0")
+    yield kvm_pci
+    state.restore()
+
+
+@pytest.fixture(scope="module")
+def total(kvm_host, pf):
+    return sriov.totalvfs(kvm_host, pf)
+
+
+def test_pf_reports_totalvfs(total):
+    assert total > 0
+
+
+@pytest.fixture(scope="module", params=["one", "all"])
+def created(request, kvm_host, pf, total):
+    """numvfs set to 1 or to totalvfs; the VFs' addresses from the virtfn links."""
+    count = 1 if request.param == "one" else total
+    sriov.set_numvfs(kvm_host, pf, count)
+    return count, sriov.vfs(kvm_host, pf)
+
+
+def test_numvfs_reads_back(kvm_host, pf, created):
+    count, _ = created
+    assert sriov.numvfs(kvm_host, pf) == count
+
+
+def test_virtfn_links_match(created):
+    count, vfs = created
+    assert len(vfs) == count
+
+
+def test_lspci_lists_each_vf(kvm_host, created):
+    _, vfs = created
+    assert sorted(sriov.lspci_lines(kvm_host, vfs)) == sorted(vfs)
+
+
+def test_lspci_vf_ids_match_sriov_vf_device(kvm_host, pf, created):
+    _, vfs = created
+    want = sriov.vf_id(kvm_host, pf)
+    seen = {bdf: sriov.lspci_vf_ids(line) for bdf, line in sriov.lspci_lines(kvm_host, vfs).items()}
+    assert set(seen.values()) == {want}, seen
+
+
+def test_vf_is_visible_in_a_guest(kvm_host, pf, created, guest_factory):
+    _, vfs = created
+    binding = vfio.bind_vfio(kvm_host, vfs[0], check=False)  # a VF of a PF we may use
+    try:
+        guest = guest_factory(GuestSpec(name="vf-guest", devices=(f"vfio-pci,host={vfs[0]}",)),
+                              host=kvm_host)
+        assert sriov.vf_id(kvm_host, pf) in vfio.guest_pci_ids(guest)
+        guest.stop()
+    finally:
+        binding.restore()

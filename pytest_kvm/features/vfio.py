@@ -93,7 +93,7 @@ def check_allowed(host: Host, bdf: str) -> None:
 
 def iommu_group(host: Host, bdf: str) -> tuple[str, list[str]]:
     """(group number, every device in the group) for a device; ('', []) without an IOMMU."""
-    r = host.run(["sh", "-c", 'g=$(readlink "/sys/bus/pci/devices/$1/iommu_group") || exit 0; '
+    r = host.run(["sh", "-c", 'g=$(readlink -f "/sys/bus/pci/devices/$1/iommu_group") && [ -d "$g" ] || exit 0; '
                   'echo "${g##*/}"; ls "$g/devices"', "group", bdf], timeout=30)
     lines = r.stdout.split()
     return (lines[0], sorted(lines[1:])) if lines else ("", [])

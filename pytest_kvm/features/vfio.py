@@ -15,8 +15,10 @@ if [ -n "$SSH_CONNECTION" ]; then
   set -- $SSH_CONNECTION
   ifs="$ifs $(ip -o route get "$1" 2>/dev/null | sed -n 's/.* dev \([^ ]*\).*/\1/p')"
 fi
+# The PCI function behind each interface (for virtio-net the link is virtioN, under it).
 for i in $ifs; do
-  d=$(readlink -f "/sys/class/net/$i/device" 2>/dev/null) && [ -n "$d" ] && echo "${d##*/}"
+  readlink -f "/sys/class/net/$i/device" 2>/dev/null | tr / '\n' |
+    grep -E '^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$' | tail -n1
 done
 true
 """

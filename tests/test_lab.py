@@ -1,0 +1,159 @@
+"""The emulated lab: a nested host provisioned for real, its pinned host key, device
+bind/restore, the safety rules, and state restored after a failing suite."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+import pytest
+
+from pytest_kvm.errors import HostKeyMismatch
+from pytest_kvm.features import sriov, vfio
+from pytest_kvm.fixtures import KvmSession
+from pytest_kvm.guest import Owner
+from pytest_kvm.inventory import parse
+
+from test_plugin import pytest_run
+
+LAB = """\
+[l0]
+localhost ansible_connection=local
+[lab]
+lab1 kvm_parent=localhost kvm_l1_devices=igb,e1000e kvm_sriov_pf=0000:01:00.0 kvm_passthrough=0000:02:00.0,0000:00:01.0
+"""
+PF, NIC, MGMT = "0000:01:00.0", "0000:02:00.0", "0000:00:01.0"
+
+
+@pytest.fixture(scope="module")
+def session():
+    s = KvmSession(parse(LAB, "lab.ini"), Owner.current("labtest1"))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def lab1(session):
+    return session.host("lab1")
+
+
+def test_nested_host_is_a_kvm_host(lab1):
+    f = lab1.facts
+    assert f.hardware_kvm and lab1.accel == "kvm"
+    assert f.nested.get("kvm_amd") == "1"
+    assert f.iommu_groups > 0
+    assert f.pci[PF].totalvfs and f.pci[NIC].driver == "e1000e"
+
+
+def test_host_key_was_pinned_from_the_console(session, lab1):
+    t = lab1.transport
+    pinned = open(t.known_hosts).read().split()
+    console = lab1_guest(session).read_log("console.log", 400)
+    assert f"PKVM-HOSTKEY {pinned[1]} {pinned[2]} PKVM-END" in console
+    assert t.host_key_policy == "strict"
+
+
+def test_a_different_host_key_is_refused(session, lab1, tmp_path):
+    wrong = tmp_path / "known_hosts"
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGY+X8XkS8GqkQCA4R3SrjtvHlulshQnXsKV/kYV0vi9"
+    wrong.write_text(f"[127.0.0.1]:{lab1.transport.port} {other}\n")
+    parent = session.host("localhost")
+    impostor = parent.forwarded_host(lab1.entry, lab1.transport.port,
+                                     lab1.transport.key_file, str(wrong))
+    with pytest.raises(HostKeyMismatch):
+        impostor.run(["true"])
+
+
+def lab1_guest(session):
+    return session._l1_guests[0]
+
+
+def test_bind_to_vfio_and_restore(lab1):
+    b = vfio.bind_vfio(lab1, NIC)
+    assert vfio.driver_of(lab1, NIC) == "vfio-pci" and b.original_driver == "e1000e"
+    assert lab1.run(["test", "-c", f"/dev/vfio/{vfio.iommu_group(lab1, NIC)[0]}"]).ok
+    b.restore()
+    assert vfio.driver_of(lab1, NIC) == "e1000e"
+    assert lab1.read(f"/sys/bus/pci/devices/{NIC}/driver_override") == "(null)"
+
+
+def test_the_management_nic_is_never_unbound(lab1):
+    with pytest.raises(vfio.PassthroughError, match="carries the host's management connection"):
+        vfio.bind_vfio(lab1, MGMT)
+    assert vfio.driver_of(lab1, MGMT) == "virtio-pci"
+
+
+def test_a_device_the_inventory_does_not_name_is_never_touched(lab1):
+    with pytest.raises(vfio.PassthroughError, match="not named in the inventory"):
+        vfio.bind_vfio(lab1, "0000:00:1f.2")
+    with pytest.raises(vfio.PassthroughError, match="not named in the inventory"):
+        sriov.save(lab1, "0000:00:1f.2")
+
+
+def test_numvfs_round_trip(lab1):
+    state = sriov.save(lab1, PF)
+    sriov.set_numvfs(lab1, PF, 2)
+    assert len(sriov.vfs(lab1, PF)) == 2
+    state.restore()
+    assert sriov.numvfs(lab1, PF) == state.numvfs == 0
+
+
+FAILING = textwrap.dedent('''
+    import pytest
+    from pytest_kvm.features import sriov
+    from test_sriov import pf, total, created  # noqa: F401 - the suite's own fixtures
+    from test_passthrough import binding, original_driver  # noqa: F401
+
+    pytestmark = [pytest.mark.kvm_suite("sriov"), pytest.mark.kvm_devices("kvm_sriov_pf")]
+
+    def test_fails_with_vfs_created(kvm_host, pf, created):
+        assert sriov.numvfs(kvm_host, pf) > 0
+        raise AssertionError("forced failure with VFs created")
+''')
+FAILING_PT = textwrap.dedent('''
+    import pytest
+    from pytest_kvm.features import vfio
+    from test_passthrough import binding, original_driver  # noqa: F401
+
+    pytestmark = [pytest.mark.kvm_suite("passthrough"),
+                  pytest.mark.kvm_devices("kvm_passthrough")]
+
+    def test_fails_with_device_on_vfio(kvm_host, kvm_pci, binding):
+        assert vfio.driver_of(kvm_host, kvm_pci) == "vfio-pci"
+        raise AssertionError("forced failure with the device on vfio-pci")
+''')
+CHECK = textwrap.dedent('''
+    def test_state_is_back(kvm_session):
+        lab1 = kvm_session.host("lab1")
+        pf = "/sys/bus/pci/devices/0000:01:00.0"
+        assert lab1.read(pf + "/sriov_numvfs") == "0"
+        assert lab1.read(pf + "/sriov_drivers_autoprobe") == "1"
+        assert lab1.read("/sys/bus/pci/devices/0000:02:00.0/driver_override") == "(null)"
+        assert lab1.run(["readlink", "/sys/bus/pci/devices/0000:02:00.0/driver"]
+                        ).stdout.strip().endswith("/e1000e")
+''')
+
+
+def test_host_state_is_restored_after_failing_tests(tmp_path):
+    suites = os.path.join(os.path.dirname(__file__), "..", "suites")
+    (tmp_path / "test_a_sriov.py").write_text(FAILING)
+    (tmp_path / "test_b_passthrough.py").write_text(FAILING_PT)
+    (tmp_path / "test_c_check.py").write_text(CHECK)
+    (tmp_path / "hosts.ini").write_text(LAB.replace(",0000:00:01.0", ""))
+    env_path = os.pathsep.join([os.path.abspath(suites), os.environ.get("PYTHONPATH", "")])
+    os.environ["PYTHONPATH"], old = env_path, os.environ.get("PYTHONPATH")
+    try:
+        r = pytest_run(["--hosts", "hosts.ini", "-p", "no:randomly", "-v"], tmp_path, timeout=600)
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = old
+    out = r.stdout
+    assert "test_fails_with_vfs_created[lab1-0000:01:00.0-one] FAILED" in out, out[-3000:]
+    assert "test_fails_with_device_on_vfio[lab1-0000:02:00.0] FAILED" in out, out[-3000:]
+    assert "test_c_check.py::test_state_is_back PASSED" in out, out[-3000:]
+
+
+def test_management_devices_are_found(lab1):
+    assert vfio.management_devices(lab1) == {MGMT}

@@ -140,3 +140,11 @@ def test_every_key_is_documented_in_the_readme():
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     missing = [k for k in KEYS if f"| `{k}` |" not in readme]
     assert not missing, f"README's inventory table lacks: {missing}"
+
+
+@pytest.mark.parametrize("name", ["hosts.ini", "hosts.metal.ini"])
+def test_shipped_inventories_are_clean(name):
+    from pathlib import Path
+
+    inv = load(Path(__file__).parent.parent / name)
+    assert inv.warnings == [] and len(inv) >= 2

@@ -229,6 +229,25 @@ def kvm_host(request, kvm_session) -> Host:
         pytest.fail(str(exc), pytrace=False)
 
 
+@pytest.fixture(scope="module")
+def kvm_pair(request, kvm_session) -> tuple[Host, Host]:
+    """(source, destination) hosts for migration; the same host twice for a self pair."""
+    src, dst = request.param
+    try:
+        return kvm_session.host(src), kvm_session.host(dst)
+    except KvmError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def migration_address(host: Host) -> str:
+    """Where peers send migration (and NBD) streams for this host."""
+    if host.entry.get("kvm_migration_address"):
+        return host.entry.get("kvm_migration_address")
+    if host.entry.connection == "local" or host.entry.get("kvm_parent"):
+        return "127.0.0.1"
+    return host.entry.get("ansible_host", host.name)
+
+
 def _host_if_used(request) -> Host | None:
     if "kvm_host" in request.fixturenames:
         return request.getfixturevalue("kvm_host")

@@ -167,6 +167,10 @@ KEYS: dict[str, Key] = {
                           "PCIe root port, device i at 0000:0i:00.0 (e.g. igb,e1000e)"),
     "kvm_l1_iommu": Key(_bool, "nested host: an intel-iommu (default: yes when it has devices)"),
     "kvm_suites": Key(_suites, "the suites this host takes part in (default: all)"),
+    "kvm_migration_peer": Key(_str, "inventory host this host migrates guests to (default: "
+                              "itself, two QEMU processes)"),
+    "kvm_migration_address": Key(_str, "address peers send migration streams to (default: "
+                                 "ansible_host, or 127.0.0.1 for a local host)"),
     "kvm_known_hosts": Key(_str, "known_hosts file for host keys (default ~/.ssh/known_hosts)"),
     "kvm_host_key": Key(
         _choice("strict", "accept-new"),
@@ -526,6 +530,10 @@ def _check_hosts(hosts: dict[str, HostEntry], path: str) -> None:
                                          + " -> ".join([*chain, cur]))
                 chain.append(cur)
                 cur = hosts[cur].get("kvm_parent")
+        peer = entry.get("kvm_migration_peer")
+        if peer is not None and peer not in hosts:
+            raise InventoryError(path, entry.line, f"kvm_migration_peer {peer!r} of host "
+                                 f"{entry.name!r} is not an inventory host; add it")
         jump = entry.get("kvm_proxy_jump")
         if jump and jump in hosts and jump == entry.name:
             raise InventoryError(path, entry.line, f"host {entry.name!r} jumps through itself")

@@ -22,6 +22,7 @@ from .fixtures import (  # noqa: F401 - fixtures are registered by being here
     guest_factory,
     guest_spec,
     kvm_host,
+    kvm_pair,
     kvm_session,
     module_guest_factory,
     qmp,
@@ -151,14 +152,22 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "kvm_host" not in metafunc.fixturenames:
+    if "kvm_host" not in metafunc.fixturenames and "kvm_pair" not in metafunc.fixturenames:
         return
     session = metafunc.config.stash.get(SESSION_KEY, None)
     if session is None:
-        metafunc.parametrize("kvm_host", [pytest.param(None, marks=pytest.mark.skip(
+        used = "kvm_pair" if "kvm_pair" in metafunc.fixturenames else "kvm_host"
+        metafunc.parametrize(used, [pytest.param(None, marks=pytest.mark.skip(
             reason=NO_INVENTORY))], ids=["no-inventory"], indirect=True, scope="module")
         return
     names = suite_hosts(session.inventory, metafunc.definition.get_closest_marker("kvm_suite"))
+    if "kvm_pair" in metafunc.fixturenames:
+        # One test per (source, destination): each host with its kvm_migration_peer, or
+        # with itself (two QEMU processes on one host).
+        pairs = [(n, session.inventory.hosts[n].get("kvm_migration_peer", n)) for n in names]
+        ids = [f"{a}-to-{b}" if a != b else f"{a}-self" for a, b in pairs]
+        metafunc.parametrize("kvm_pair", pairs, ids=ids, indirect=True, scope="module")
+        return
     devices = metafunc.definition.get_closest_marker("kvm_devices")
     if "kvm_pci" in metafunc.fixturenames and devices:
         # One test per (host, device the inventory names under that key).

@@ -81,7 +81,9 @@ class Console(SpawnBase):
         """
         tag = uuid.uuid4().hex[:10]
         begin, end = f"__PKVM_B{tag}", f"__PKVM_E{tag}"
-        self.sendline(f"echo {begin[:4]}''{begin[4:]}; {command}; echo {end[:4]}''{end[4:]} $?")
+        command = command.strip()
+        sep = " " if command.endswith("&") else "; "  # `cmd & ;` is a syntax error
+        self.sendline(f"echo {begin[:4]}''{begin[4:]}; {command}{sep}echo {end[:4]}''{end[4:]} $?")
         try:
             self.expect_exact(begin + "\r\n", timeout=timeout)
             self.expect(re.escape(end) + r" (\d+)\r?\n", timeout=timeout)

@@ -268,7 +268,9 @@ def start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, se
     prepare = [["mkdir", "-p", rundir], ["sh", "-c", 'printf "%s\\n" "$1" > "$2"', "owner",
                                          owner.line(), f"{rundir}/owner"]]
     for disk in spec.disks:
-        if disk.image:
+        if disk.path:
+            bases.append("")
+        elif disk.image:
             bases.append(host.put_cached(disk.image))
         else:
             base = f"{host.workdir}/cache/blank-{disk.size}.qcow2"

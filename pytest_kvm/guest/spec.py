@@ -17,6 +17,7 @@ class Disk:
 
     image: str | None = None
     size: str = "64M"
+    path: str | None = None  # use this file on the host as it is (shared storage): no overlay
     interface: str = "virtio"
     format: str = "qcow2"
 
@@ -101,8 +102,9 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
     if any(d.interface == "scsi" for d in spec.disks):
         argv += ["-device", "virtio-scsi-pci,id=scsi0"]
     for i, (disk, base) in enumerate(zip(spec.disks, disk_bases, strict=True)):
-        overlay = f"{rundir}/disk{i}.qcow2"
-        out.overlays.append((overlay, base, disk.format))
+        overlay = disk.path or f"{rundir}/disk{i}.qcow2"
+        if not disk.path:
+            out.overlays.append((overlay, base, disk.format))
         argv += ["-blockdev", f"driver=qcow2,node-name=disk{i},file.driver=file,"
                               f"file.filename={overlay}"]
         if disk.interface == "virtio":

@@ -1,0 +1,251 @@
+"""Live migration: a running guest moves to another QEMU (on another host, or the same one),
+its workload keeps running, and the move is measured.
+
+The workload is a counter in the guest that writes "PKVM-COUNT <n> <pid> <uptime>" five times a
+second to a virtio-serial console and to a file in guest memory. The controller reads the
+console of the source and of the destination at once, so the largest interval between two
+consecutive counter lines around the switch is the gap the guest's service showed (next to
+QMP's downtime). The file, which migrates with the guest, proves continuity: one PID, every
+number once, in order.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+from ..errors import KvmError
+from ..guest import Guest
+from ..host import Host
+
+COUNTER = ("sh -c 'i=0; while true; do i=$((i+1)); "
+           "echo \"PKVM-COUNT $i $$ $(cut -d\" \" -f1 /proc/uptime)\" | tee -a /tmp/counter.log; "
+           "sleep 0.2; done' > /dev/hvc0 2>/dev/null &")
+LINE_RE = re.compile(r"PKVM-COUNT (\d+) (\d+) ([\d.]+)")
+DIRTY = ("sh -c 'mkdir -p /dev/shm; while true; do dd if=/dev/urandom of=/dev/shm/dirty "
+         "bs=1M count={mib} 2>/dev/null; done' &")
+
+
+class MigrationError(KvmError):
+    pass
+
+
+@dataclass
+class CounterLine:
+    count: int
+    pid: int
+    uptime: float
+    arrived: float
+    side: str
+
+
+class CounterWatch:
+    """Reads counter lines from a guest's virtio console (source and destination)."""
+
+    def __init__(self) -> None:
+        self.lines: list[CounterLine] = []
+        self._lock = threading.Lock()
+        self._streams = []
+
+    def attach(self, guest: Guest, side: str) -> None:
+        stream = guest.host.connect_unix(f"{guest.rundir}/vc.sock")
+        self._streams.append(stream)
+
+        def pump() -> None:
+            buf = b""
+            while True:
+                try:
+                    data = stream.recv(4096, timeout=None)
+                except (OSError, TimeoutError):
+                    return
+                if not data:
+                    return
+                now = time.monotonic()
+                buf += data
+                *complete, buf = buf.split(b"\n")
+                for raw in complete:
+                    m = LINE_RE.search(raw.decode(errors="replace"))
+                    if m:
+                        with self._lock:
+                            self.lines.append(CounterLine(int(m.group(1)), int(m.group(2)),
+                                                          float(m.group(3)), now, side))
+
+        threading.Thread(target=pump, daemon=True, name=f"counter-{side}").start()
+
+    def wait_lines(self, side: str, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sum(1 for line in self.lines if line.side == side) >= count:
+                return
+            time.sleep(0.1)
+        raise MigrationError(f"the guest's counter did not reach the {side} console "
+                             f"within {timeout:g} s")
+
+    def gap(self) -> float:
+        """Largest interval (s) between consecutive lines from the last source line on."""
+        with self._lock:
+            lines = sorted(self.lines, key=lambda x: x.arrived)
+        last_src = max((i for i, x in enumerate(lines) if x.side == "source"), default=0)
+        window = lines[max(0, last_src - 1):]
+        return max((b.arrived - a.arrived for a, b in zip(window, window[1:], strict=False)),
+                   default=0.0)
+
+    def close(self) -> None:
+        for stream in self._streams:
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+@dataclass
+class Migration:
+    """What a migration did, in QMP's numbers and the guest's."""
+
+    source: str
+    destination: str
+    same_host: bool
+    status: str = ""
+    total_time_ms: int = 0
+    downtime_ms: int = 0
+    setup_time_ms: int = 0
+    transferred_bytes: int = 0
+    throughput_mbps: float = 0.0
+    guest_gap_ms: int = 0
+    storage: str = "none"
+    extra: dict = field(default_factory=dict)
+
+    def properties(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "extra"}
+
+
+def start_counter(guest: Guest) -> int:
+    """Start the workload; returns its PID in the guest."""
+    guest.sh("rm -f /tmp/counter.log; " + COUNTER)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        out = guest.sh("tail -n1 /tmp/counter.log 2>/dev/null; true")
+        m = LINE_RE.search(out)
+        if m:
+            return int(m.group(2))
+        time.sleep(0.2)
+    raise MigrationError(f"{guest!r}: the counter workload did not start")
+
+
+def counter_log(guest: Guest) -> list[tuple[int, int, float]]:
+    out = guest.sh("cat /tmp/counter.log", timeout=60)
+    return [(int(m.group(1)), int(m.group(2)), float(m.group(3)))
+            for m in LINE_RE.finditer(out)]
+
+
+def start_dirtying(guest: Guest, mib: int = 64) -> None:
+    """Keep rewriting a tmpfs file: memory the migration has to send again and again."""
+    guest.sh(DIRTY.format(mib=mib))
+
+
+def listen_uri(address: str, port: int) -> str:
+    return f"tcp:{address}:{port}"
+
+
+def migrate(source: Guest, destination: Guest, address: str, port: int, *,
+            timeout: float = 120.0, auto_converge: bool = False,
+            max_bandwidth: int | None = None) -> Migration:
+    """Migrate over QMP: the destination listens (migrate-incoming), the source sends.
+
+    Waits for completion with a timeout; on timeout the migration is cancelled and the error
+    names the last status (non-convergence says so).
+    """
+    result = Migration(source.host.name, destination.host.name,
+                       source.host.name == destination.host.name)
+    uri = listen_uri(address, port)
+    destination.qmp.execute("migrate-incoming", uri=uri)
+    caps = [{"capability": "events", "state": True},
+            {"capability": "auto-converge", "state": auto_converge}]
+    source.qmp.execute("migrate-set-capabilities", capabilities=caps)
+    if max_bandwidth:
+        source.qmp.execute("migrate-set-parameters", max_bandwidth=max_bandwidth)
+    source.qmp.execute("migrate", uri=uri)
+    deadline = time.monotonic() + timeout
+    info: dict = {}
+    while time.monotonic() < deadline:
+        info = source.qmp.execute("query-migrate")
+        if info.get("status") in ("completed", "failed", "cancelled"):
+            break
+        time.sleep(0.2)
+    status = info.get("status", "unknown")
+    if status != "completed":
+        ram = info.get("ram", {})
+        if status not in ("failed", "cancelled"):
+            try:
+                source.qmp.execute("migrate_cancel")
+            except KvmError:
+                pass
+            detail = (f"did not converge within {timeout:g} s: still '{status}', "
+                      f"{ram.get('remaining', '?')} bytes remaining, dirty rate "
+                      f"{ram.get('dirty-pages-rate', '?')} pages/s (try auto_converge)")
+        else:
+            detail = f"ended '{status}': {info.get('error-desc', 'no reason given')}"
+        raise MigrationError(f"migration {source.host.name} -> {destination.host.name} {detail}")
+    ram = info.get("ram", {})
+    result.status = status
+    result.total_time_ms = int(info.get("total-time", 0))
+    result.downtime_ms = int(info.get("downtime", 0))
+    result.setup_time_ms = int(info.get("setup-time", 0))
+    result.transferred_bytes = int(ram.get("transferred", 0))
+    result.throughput_mbps = float(ram.get("mbps", 0.0))
+    return result
+
+
+def wait_running(guest: Guest, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    status = ""
+    while time.monotonic() < deadline:
+        status = guest.qmp.execute("query-status")["status"]
+        if status == "running":
+            return status
+        time.sleep(0.2)
+    return status
+
+
+# -- storage ---------------------------------------------------------------------------------
+def shared_storage_works(src: Host, dst: Host, path: str) -> str | None:
+    """None when a token written on the source is read on the destination; else why not."""
+    import secrets
+
+    token = secrets.token_hex(8)
+    probe = f"{path}/.pytest-kvm-probe-{token}"
+    try:
+        src.run(["sh", "-c", 'printf %s "$1" > "$2"', "probe", token, probe], timeout=30)
+        seen = dst.run(["cat", probe], check=False, timeout=30).stdout
+    except KvmError as exc:
+        return f"{src.name}: cannot write to {path}: {exc}"
+    finally:
+        src.run(["rm", "-f", probe], check=False, timeout=30)
+    if seen != token:
+        return f"{dst.name} does not see what {src.name} wrote to {path}: not shared storage"
+    return None
+
+
+def mirror_storage(source: Guest, destination: Guest, address: str, port: int,
+                   node: str = "disk0", timeout: float = 300.0) -> None:
+    """Copy the source's top disk layer into the destination's disk over NBD (as libvirt's
+    copy-storage does); returns once the mirror is ready (in sync)."""
+    destination.qmp.execute("nbd-server-start",
+                            addr={"type": "inet", "data": {"host": address, "port": str(port)}})
+    destination.qmp.execute("block-export-add", type="nbd", id="mig-" + node, node_name=node,
+                            writable=True)
+    source.qmp.execute("blockdev-add", driver="nbd", node_name="mirror-" + node,
+                       server={"type": "inet", "host": address, "port": str(port)},
+                       export=node)
+    source.qmp.execute("blockdev-mirror", job_id="mirror-" + node, device=node,
+                       target="mirror-" + node, sync="top")
+    source.qmp.event("BLOCK_JOB_READY", timeout=timeout)
+
+
+def finish_mirror(source: Guest, destination: Guest, node: str = "disk0") -> None:
+    """After the migration: stop the (in sync) mirror without pivoting, and the NBD server."""
+    source.qmp.execute("block-job-cancel", device="mirror-" + node)
+    source.qmp.event("BLOCK_JOB_COMPLETED", timeout=60)
+    destination.qmp.execute("nbd-server-stop")

@@ -1,0 +1,108 @@
+"""Migration between two real sshd hosts in different network namespaces (the stream goes
+over their veth and bridge only), a destination killed mid-way, and the timeout path."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_kvm.features import migration as mig
+from pytest_kvm.fixtures import KvmSession, migration_address
+from pytest_kvm.guest import Disk, GuestSpec, Owner
+from pytest_kvm.inventory import parse
+
+from test_plugin import pytest_run
+
+SPEC = GuestSpec(name="mig", serial=True, memory=256, disks=(Disk(size="64M"),))
+
+
+@pytest.fixture(scope="module")
+def session(rig):
+    inv = parse(rig.inventory(extra=f"kvm_shared_storage={rig.dir}/shared"))
+    s = KvmSession(inv, Owner.current("migtest1"))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def hosts(session, rig):
+    h1, h2 = session.host("host1"), session.host("host2")
+    h1.run(["mkdir", "-p", f"{rig.dir}/shared"])
+    return h1, h2
+
+
+def test_the_suite_migrates_between_two_namespaced_hosts(rig, tmp_path):
+    shutil.copy(Path(__file__).parent.parent / "suites" / "test_migration.py", tmp_path)
+    (tmp_path / "hosts.ini").write_text(rig.inventory(
+        extra=f"kvm_shared_storage={rig.dir}/shared",
+        host_vars={"host1": {"kvm_migration_peer": "host2"},
+                   "host2": {"kvm_suites": "virtio"}}))
+    (Path(rig.dir) / "shared").mkdir(exist_ok=True)
+    r = pytest_run(["--hosts", "hosts.ini", "-v", "-k", "shared or copy",
+                    "--junitxml", str(tmp_path / "junit.xml")], tmp_path, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "test_counter_never_reset_or_repeated[host1-to-host2-shared-storage] PASSED" in r.stdout
+    assert "test_disk_contents_moved[host1-to-host2-copy-storage] PASSED" in r.stdout
+    junit = (tmp_path / "junit.xml").read_text()
+    for prop in ("total_time_ms", "downtime_ms", "guest_gap_ms", "transferred_bytes"):
+        assert f'name="{prop}"' in junit
+
+
+def test_stream_goes_to_the_destination_namespace_address(hosts, rig):
+    assert migration_address(hosts[1]) == rig.hosts[1].address
+
+
+def _pair(session, hosts):
+    h1, h2 = hosts
+    src = session.start_guest(h1, SPEC, "mig-src")
+    dst = session.start_guest(h2, SPEC.with_(incoming="defer"), "mig-dst", wait=False)
+    return src, dst
+
+
+def test_destination_killed_mid_migration(session, hosts):
+    src, dst = _pair(session, hosts)
+    try:
+        mig.start_dirtying(src, 32)
+        errors = []
+
+        def run():
+            try:
+                mig.migrate(src, dst, migration_address(hosts[1]),
+                            random.randrange(40000, 60000), timeout=60, max_bandwidth=2_000_000)
+            except mig.MigrationError as exc:
+                errors.append(str(exc))
+
+        t = threading.Thread(target=run)
+        t.start()
+        time.sleep(2)
+        hosts[1].run(["kill", "-9", str(dst.pid)])
+        t.join(90)
+        assert errors and "ended 'failed'" in errors[0], errors
+        assert src.qmp.execute("query-status")["status"] == "running"  # the guest lives on
+        assert src.sh("echo still").strip() == "still"
+    finally:
+        dst.stop()
+        src.stop()
+    assert not src.alive() and not dst.alive()
+
+
+def test_timeout_cancels_and_says_so(session, hosts):
+    src, dst = _pair(session, hosts)
+    try:
+        mig.start_dirtying(src, 32)
+        with pytest.raises(mig.MigrationError, match=r"did not converge within 3 s: still"):
+            mig.migrate(src, dst, migration_address(hosts[1]), random.randrange(40000, 60000),
+                        timeout=3, max_bandwidth=1_000_000)
+        deadline = time.monotonic() + 30
+        while src.qmp.execute("query-migrate").get("status") not in ("cancelled", "failed"):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert src.qmp.execute("query-status")["status"] == "running"
+    finally:
+        dst.stop()
+        src.stop()

@@ -157,3 +157,17 @@ def test_host_state_is_restored_after_failing_tests(tmp_path):
 
 def test_management_devices_are_found(lab1):
     assert vfio.management_devices(lab1) == {MGMT}
+
+
+def test_files_the_l1_cannot_see_are_uploaded(lab1, tmp_path):
+    visible = os.path.expanduser("~/.cache/pytest-kvm/probe-visible.bin")
+    os.makedirs(os.path.dirname(visible), exist_ok=True)
+    with open(visible, "wb") as f:
+        f.write(b"x" * 1000)
+    hidden = tmp_path / "probe-hidden.bin"  # under /tmp: the L1 has its own /tmp
+    hidden.write_bytes(b"y" * 1000)
+    assert lab1.put_cached(visible) == visible  # read through the parent's root
+    remote = lab1.put_cached(str(hidden))
+    assert remote.startswith(lab1.workdir + "/cache/")
+    assert lab1.run(["cat", remote]).stdout == "y" * 1000
+    os.remove(visible)

@@ -252,8 +252,12 @@ class SSHTransport(Transport):
     def put_cached(self, local: str) -> str:
         # A nested host whose root is the controller's own (read-only over 9p) already has
         # every controller file at the same path.
+        # Only where the host really shows it (its /tmp, /run and /var/tmp are its own).
         if self.sees_controller_root and os.path.isfile(local):
-            return os.path.abspath(local)
+            path = os.path.abspath(local)
+            seen = self.run(["stat", "-L", "-c", "%s", path], check=False, timeout=30)
+            if seen.ok and seen.stdout.strip() == str(os.path.getsize(path)):
+                return path
         return super().put_cached(local)
 
     # -- streams ----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from .guest import (
     sweep,
 )
 from .guest.qemu import safe_name
-from .host import Host
+from .host import Host, Journal, replay_dead_journals
 from .inventory import HostEntry, Inventory
 from .transport import Transport, for_entry
 
@@ -44,6 +44,7 @@ class KvmSession:
         self.worker = worker
         self.keep_failed = keep_failed
         self.swept: dict[str, list[str]] = {}
+        self.replayed: dict[str, list[str]] = {}
         self._transports: dict[str, Transport] = {}
         self._hosts: dict[str, Host] = {}
         self._broken: dict[str, str] = {}
@@ -66,8 +67,11 @@ class KvmSession:
                     self._hosts[name] = self._connect(self.inventory.hosts[name])
                 host = self._hosts[name]
                 host.facts  # noqa: B018 - connects and probes once
+                if host.journal is None:
+                    host.journal = Journal(host, self.owner, self.worker)
                 if sweep_leftovers and name not in self.swept:
                     self.swept[name] = sweep(host, self.owner.run_id)
+                    self.replayed[name] = replay_dead_journals(host, self.owner.run_id)
             except KvmError as exc:
                 self._broken[name] = str(exc)
                 raise

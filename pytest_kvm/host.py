@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
 import shlex
+import socket
+import threading
 from dataclasses import dataclass, field
 
 from .errors import KvmError
@@ -166,6 +170,127 @@ def parse_facts(text: str) -> Facts:
     )
 
 
+
+# -- who owns a change: this controller's pytest process --------------------------------------
+def controller_id() -> str:
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            return open(path).read().strip() or socket.gethostname()
+        except OSError:
+            continue
+    return socket.gethostname()
+
+
+def process_start(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who started a guest: this controller's pytest process (to find leftovers of dead runs)."""
+
+    run_id: str
+    controller: str
+    pid: int
+    start: str
+
+    @classmethod
+    def current(cls, run_id: str) -> Owner:
+        pid = int(os.environ.get("PYTEST_KVM_OWNER_PID", os.getpid()))
+        return cls(run_id, controller_id(), pid, process_start(pid))
+
+    def line(self) -> str:
+        return f"{self.run_id} {self.controller} {self.pid} {self.start}"
+
+    @classmethod
+    def parse(cls, line: str) -> Owner | None:
+        parts = line.split()
+        if len(parts) != 4 or not parts[2].isdigit():
+            return None
+        return cls(parts[0], parts[1], int(parts[2]), parts[3])
+
+    def is_dead(self) -> bool:
+        """Only for owners on this controller: is that pytest process gone?"""
+        return self.controller == controller_id() and process_start(self.pid) != self.start
+
+
+
+# -- the journal: every host setting changed, written down before it is changed -------------
+JOURNAL_DIR = "journal"
+
+JOURNAL_LIST = r"""
+for f in "$1"/*.log; do
+  [ -f "$f" ] && printf '%s %s\n' "$f" "$(head -n1 "$f")"
+done
+true
+"""
+
+
+class Journal:
+    """An append-only file on the host: one undo command per change, written before the change
+    is made, and a ``done`` line when it was undone. A run that died leaves undo lines without
+    ``done``: the next run (or --kvm-cleanup) replays them, newest first."""
+
+    def __init__(self, host: Host, owner: Owner, worker: str):
+        self.host = host
+        self.path = f"{host.workdir}/{JOURNAL_DIR}/{owner.run_id}-{worker}.log"
+        self.owner = owner
+        self._n = 0
+        self._open = 0
+        self._lock = threading.Lock()
+
+    def _append(self, record: dict) -> None:
+        line = json.dumps(record, separators=(",", ":"))
+        self.host.run(["sh", "-c", 'mkdir -p "${2%/*}" && { [ -s "$2" ] || printf "%s\\n" '
+                       '"$3" > "$2"; } && printf "%s\\n" "$1" >> "$2"', "journal", line,
+                       self.path, self.owner.line()], timeout=30)
+
+    def record(self, what: str, undo: list[str]) -> int:
+        with self._lock:
+            self._n += 1
+            self._open += 1
+            entry = self._n
+        self._append({"id": entry, "what": what, "undo": undo})
+        return entry
+
+    def done(self, entry: int) -> None:
+        self._append({"done": entry})
+        with self._lock:
+            self._open -= 1
+            finished = self._open == 0
+        if finished:  # nothing left to undo: no journal left behind
+            self.host.run(["rm", "-f", self.path], check=False, timeout=30)
+
+
+def replay(host: Host, journal_file: str) -> list[str]:
+    """Undo what a dead run's journal says it changed and did not undo; remove the file."""
+    text = host.run(["cat", journal_file], check=False, timeout=30).stdout
+    records = [json.loads(line) for line in text.splitlines()[1:] if line.startswith("{")]
+    finished = {r["done"] for r in records if "done" in r}
+    undone = []
+    for record in reversed([r for r in records if "undo" in r and r["id"] not in finished]):
+        result = host.run(record["undo"], become=True, check=False, timeout=120)
+        undone.append(f"{record['what']}: {'undone' if result.ok else 'FAILED ' + result.stdout.strip()}")
+    host.run(["rm", "-f", journal_file], check=False, timeout=30)
+    return undone
+
+
+def replay_dead_journals(host: Host, current_run: str | None) -> list[str]:
+    """Replay every journal on the host whose owner (on this controller) is gone."""
+    r = host.run(["sh", "-c", JOURNAL_LIST, "list", f"{host.workdir}/{JOURNAL_DIR}"],
+                 check=False, timeout=30)
+    undone = []
+    for line in r.stdout.splitlines():
+        path, _, owner_line = line.partition(" ")
+        owner = Owner.parse(owner_line)
+        if owner is not None and owner.run_id != current_run and owner.is_dead():
+            undone += replay(host, path)
+    return undone
+
+
 class Host:
     """A KVM host from the inventory: facts, sysfs, modules. Guests are started on it."""
 
@@ -173,6 +298,15 @@ class Host:
         self.entry = entry
         self.transport = transport
         self.name = entry.name
+        self.journal: Journal | None = None  # attached by the session
+
+    def record_undo(self, what: str, undo: list[str]) -> int | None:
+        """Write down how to undo a change, before making it (crash safety)."""
+        return self.journal.record(what, undo) if self.journal else None
+
+    def undone(self, entry: int | None) -> None:
+        if self.journal and entry is not None:
+            self.journal.done(entry)
 
     def __repr__(self) -> str:  # stable across runs (Allure history ids)
         return f"Host({self.name!r})"

@@ -28,7 +28,7 @@ from .fixtures import (  # noqa: F401 - fixtures are registered by being here
     qmp,
 )
 from .guest import Guest, sweep
-from .guest.qemu import Owner, controller_id, process_start
+from .host import Owner, controller_id, process_start, replay_dead_journals
 
 HOSTS_HELP = "inventory of KVM hosts (Ansible-style INI); also --kvm-hosts or env KVM_HOSTS"
 
@@ -118,12 +118,17 @@ def pytest_cmdline_main(config: pytest.Config):
         try:
             host = session.host(name, sweep_leftovers=False)
             swept = sweep(host, session.owner.run_id)
+            undone = replay_dead_journals(host, session.owner.run_id)
         except KvmError as exc:
             print(f"{name}: UNREACHABLE: {exc}")
             status = 1
             continue
         print(f"{name}: stopped {len(swept)} leftover guest(s)"
               + "".join(f"\n  {path}" for path in swept))
+        print(f"{name}: undid {len(undone)} change(s) of dead runs"
+              + "".join(f"\n  {line}" for line in undone))
+        if any("FAILED" in line for line in undone):
+            status = 1
     return status
 
 

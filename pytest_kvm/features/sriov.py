@@ -27,6 +27,17 @@ class SriovError(KvmError):
     pass
 
 
+RESTORE_PF = r"""
+d=/sys/bus/pci/devices/$1
+echo "$3" > "$d/sriov_drivers_autoprobe"
+cur=$(cat "$d/sriov_numvfs")
+if [ "$cur" != "$2" ]; then
+  [ "$cur" != 0 ] && echo 0 > "$d/sriov_numvfs"
+  echo "$2" > "$d/sriov_numvfs"
+fi
+"""
+
+
 @dataclass
 class PfState:
     """A PF's settings before the plugin changed them."""
@@ -36,14 +47,21 @@ class PfState:
     numvfs: int
     autoprobe: str
     restored: bool = False
+    journal_entry: int | None = None
+
+    def undo_command(self) -> list[str]:
+        return ["sh", "-c", RESTORE_PF, "pf", self.pf, str(self.numvfs), self.autoprobe]
 
     def restore(self) -> None:
+        """Put numvfs and drivers_autoprobe back (idempotent)."""
         if self.restored:
             return
-        set_numvfs(self.host, self.pf, self.numvfs)
-        self.host.write(f"/sys/bus/pci/devices/{self.pf}/sriov_drivers_autoprobe",
-                        self.autoprobe)
+        r = self.host.run(self.undo_command(), become=True, check=False, timeout=120)
+        if not r.ok:
+            raise SriovError(f"{self.host.name}: could not restore {self.pf}: "
+                             f"{(r.stdout + r.stderr).strip()}")
         self.restored = True
+        self.host.undone(self.journal_entry)
 
 
 def _pf(pf: str) -> str:
@@ -61,8 +79,12 @@ def numvfs(host: Host, pf: str) -> int:
 def save(host: Host, pf: str) -> PfState:
     """Remember the PF's numvfs and drivers_autoprobe (check that we may touch it first)."""
     check_allowed(host, pf)
-    return PfState(host, pf, numvfs(host, pf),
-                   host.read(f"{_pf(pf)}/sriov_drivers_autoprobe", "1"))
+    state = PfState(host, pf, numvfs(host, pf),
+                    host.read(f"{_pf(pf)}/sriov_drivers_autoprobe", "1"))
+    state.journal_entry = host.record_undo(
+        f"{pf} sriov_numvfs={state.numvfs} drivers_autoprobe={state.autoprobe}",
+        state.undo_command())
+    return state
 
 
 def set_numvfs(host: Host, pf: str, count: int) -> None:

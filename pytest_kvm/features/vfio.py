@@ -57,6 +57,15 @@ class PassthroughError(KvmError):
     pass
 
 
+STATE = r"""
+d=/sys/bus/pci/devices/$1
+[ -d "$d" ] || { echo "no PCI device $1"; exit 3; }
+drv=; [ -e "$d/driver" ] && drv=$(basename "$(readlink "$d/driver")")
+echo "driver=$drv"
+echo "override=$(cat "$d/driver_override")"
+"""
+
+
 @dataclass
 class Binding:
     """A device handed to vfio-pci, and what it had before."""
@@ -66,17 +75,22 @@ class Binding:
     original_driver: str
     original_override: str
     restored: bool = False
+    journal_entry: int | None = None
+
+    def undo_command(self) -> list[str]:
+        return ["sh", "-c", RESTORE, "restore", self.bdf, self.original_driver,
+                self.original_override]
 
     def restore(self) -> None:
         """Give the device back to its original driver (idempotent)."""
         if self.restored:
             return
-        r = self.host.run(["sh", "-c", RESTORE, "restore", self.bdf, self.original_driver,
-                           self.original_override], become=True, check=False, timeout=120)
+        r = self.host.run(self.undo_command(), become=True, check=False, timeout=120)
         if not r.ok:
             raise PassthroughError(f"{self.host.name}: could not give {self.bdf} back to "
                                    f"'{self.original_driver}': {r.stdout.strip()}")
         self.restored = True
+        self.host.undone(self.journal_entry)
 
 
 def management_devices(host: Host) -> set[str]:
@@ -116,15 +130,20 @@ def bind_vfio(host: Host, bdf: str, check: bool = True) -> Binding:
     """Bind a named device to vfio-pci via driver_override, remembering its driver."""
     if check:
         check_allowed(host, bdf)
-    r = host.run(["sh", "-c", BIND, "bind", bdf], become=True, check=False, timeout=120)
-    values = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    state = host.run(["sh", "-c", STATE, "state", bdf], check=False, timeout=30)
+    if not state.ok:
+        raise PassthroughError(f"{host.name}: {state.stdout.strip()}")
+    values = dict(line.split("=", 1) for line in state.stdout.splitlines() if "=" in line)
     binding = Binding(host, bdf, values.get("driver", ""), values.get("override", "(null)"))
+    # Written down on the host before the change: a run that dies still gets it undone.
+    binding.journal_entry = host.record_undo(
+        f"{bdf} back to {binding.original_driver or 'no driver'}", binding.undo_command())
+    r = host.run(["sh", "-c", BIND, "bind", bdf], become=True, check=False, timeout=120)
     if not r.ok:
-        if "driver" in values:  # it may be half-way: put it back
-            try:
-                binding.restore()
-            except PassthroughError:
-                pass
+        try:  # it may be half-way: put it back
+            binding.restore()
+        except PassthroughError:
+            pass
         raise PassthroughError(f"{host.name}: binding {bdf} to vfio-pci failed: "
                                f"{(r.stdout + r.stderr).strip()}")
     return binding

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import socket
 import time
-from dataclasses import dataclass
 
 import pexpect
 
 from ..errors import KvmError
-from ..host import Host
+from ..host import Host, Owner, controller_id, process_start  # noqa: F401
 from .cloudinit import console_login, nocloud_seed
 from .console import Console, GuestCommandTimeout
 from .image import PROMPT, READY_MARKER, MicroImage
@@ -63,51 +60,6 @@ class GuestDied(GuestError):
 
 def boot_timeout(accel: str) -> float:
     return 60.0 if accel == "kvm" else 180.0
-
-
-def controller_id() -> str:
-    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
-        try:
-            return open(path).read().strip() or socket.gethostname()
-        except OSError:
-            continue
-    return socket.gethostname()
-
-
-def process_start(pid: int) -> str:
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-@dataclass(frozen=True)
-class Owner:
-    """Who started a guest: this controller's pytest process (to find leftovers of dead runs)."""
-
-    run_id: str
-    controller: str
-    pid: int
-    start: str
-
-    @classmethod
-    def current(cls, run_id: str) -> Owner:
-        pid = int(os.environ.get("PYTEST_KVM_OWNER_PID", os.getpid()))
-        return cls(run_id, controller_id(), pid, process_start(pid))
-
-    def line(self) -> str:
-        return f"{self.run_id} {self.controller} {self.pid} {self.start}"
-
-    @classmethod
-    def parse(cls, line: str) -> Owner | None:
-        parts = line.split()
-        if len(parts) != 4 or not parts[2].isdigit():
-            return None
-        return cls(parts[0], parts[1], int(parts[2]), parts[3])
-
-    def is_dead(self) -> bool:
-        """Only for owners on this controller: is that pytest process gone?"""
-        return self.controller == controller_id() and process_start(self.pid) != self.start
 
 
 class Guest:

@@ -24,7 +24,7 @@ from .guest import (
     sweep,
 )
 from .guest.qemu import safe_name
-from .host import Host, Journal, replay_dead_journals
+from .host import Host, Journal, Leases, replay_dead_journals
 from .inventory import HostEntry, Inventory
 from .transport import Transport, for_entry
 
@@ -53,6 +53,7 @@ class KvmSession:
         self._lock = threading.RLock()
         self._l1_guests: list[Guest] = []
         self._keydir: str | None = None
+        self.leases = Leases(owner.run_id)
 
     def host(self, name: str, sweep_leftovers: bool = True) -> Host:
         """The Host, connected and with its facts probed; KvmError when it cannot be reached.
@@ -234,13 +235,25 @@ def kvm_host(request, kvm_session) -> Host:
 
 
 @pytest.fixture(scope="module")
-def kvm_pair(request, kvm_session) -> tuple[Host, Host]:
-    """(source, destination) hosts for migration; the same host twice for a self pair."""
+def kvm_pair(request, kvm_session):
+    """(source, destination) hosts for migration; the same host twice for a self pair.
+    Both hosts' migration leases are held (sorted: no deadlock) for the module."""
+    if getattr(request, "param", None) is None:
+        pytest.skip(NO_INVENTORY)
     src, dst = request.param
     try:
-        return kvm_session.host(src), kvm_session.host(dst)
+        pair = kvm_session.host(src), kvm_session.host(dst)
     except KvmError as exc:
         pytest.fail(str(exc), pytrace=False)
+    with kvm_session.leases.hold(f"{src}-migration", f"{dst}-migration"):
+        yield pair
+
+
+@pytest.fixture(scope="module")
+def kvm_device_lease(kvm_host, kvm_pci, kvm_session):
+    """Exclusive use of the module's PCI device (kvm_pci) on its host across xdist workers."""
+    with kvm_session.leases.hold(f"{kvm_host.name}-{kvm_pci}"):
+        yield kvm_pci
 
 
 def migration_address(host: Host) -> str:

@@ -391,3 +391,51 @@ class Host:
 
     def module_loaded(self, module: str) -> bool:
         return self.run(["test", "-d", f"/sys/module/{module}"], check=False, timeout=30).ok
+
+
+# -- leases: exclusive use of a host resource across the xdist workers of one run -----------
+class LeaseTimeout(KvmError):
+    pass
+
+
+class Leases:
+    """File locks on the controller, shared by the processes of one run (same run id).
+
+    ``hold(names)`` takes them in sorted order, so that two workers wanting overlapping sets
+    (a migration pair, a PF and its VF guest) can never deadlock; released on exit.
+    """
+
+    def __init__(self, run_id: str, timeout: float = 3600.0):
+        import tempfile
+
+        self.dir = os.path.join(tempfile.gettempdir(), f"pytest-kvm-leases-{run_id}")
+        os.makedirs(self.dir, exist_ok=True)
+        self.timeout = timeout
+
+    def hold(self, *names: str):
+        import contextlib
+
+        from filelock import FileLock, Timeout
+
+        @contextlib.contextmanager
+        def held():
+            locks = []
+            try:
+                for name in sorted(set(names)):
+                    lock = FileLock(os.path.join(self.dir, _lease_file(name)))
+                    try:
+                        lock.acquire(timeout=self.timeout)
+                    except Timeout:
+                        raise LeaseTimeout(f"{name} stayed leased by another worker for "
+                                           f"{self.timeout:g} s") from None
+                    locks.append(lock)
+                yield
+            finally:
+                for lock in reversed(locks):
+                    lock.release()
+
+        return held()
+
+
+def _lease_file(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) + ".lock"

@@ -21,6 +21,7 @@ from .fixtures import (  # noqa: F401 - fixtures are registered by being here
     guest,
     guest_factory,
     guest_spec,
+    kvm_device_lease,
     kvm_host,
     kvm_pair,
     kvm_session,
@@ -144,7 +145,12 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         return None
     names = list(session.inventory.hosts)
 
+    parallel = bool(getattr(config.option, "numprocesses", None))
+
     def line(name: str) -> str:
+        entry = session.inventory.hosts[name]
+        if parallel and entry.get("kvm_parent"):  # each worker boots its own
+            return f"  {name}: nested host on {entry.get('kvm_parent')} (booted by each worker)"
         try:
             return "  " + session.host(name).summary()
         except KvmError as exc:

@@ -34,7 +34,7 @@ def device_id(kvm_host, kvm_pci):
 
 
 @pytest.fixture(scope="module")
-def original_driver(kvm_host, kvm_pci):
+def original_driver(kvm_host, kvm_pci, kvm_device_lease):
     return vfio.driver_of(kvm_host, kvm_pci)
 
 
@@ -45,7 +45,7 @@ def test_iommu_group_is_known(kvm_host, kvm_pci):
 
 
 @pytest.fixture(scope="module")
-def binding(kvm_host, kvm_pci, original_driver):
+def binding(kvm_host, kvm_pci, original_driver, kvm_device_lease):
     """The device on vfio-pci; only when its whole IOMMU group can be handed over."""
     blocking = vfio.blocking_members(kvm_host, kvm_pci, set(kvm_host.named_devices))
     if blocking:

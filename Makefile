@@ -3,7 +3,7 @@ VENV   := .venv
 PYTEST := $(VENV)/bin/python -m pytest
 HOSTS  ?= hosts.ini
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench lint report clean
 
 # Installs what is missing (apt packages incl. QEMU 10 from bookworm-backports, the venv).
 setup:
@@ -19,6 +19,15 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/python bench/run.py
+
+# Renders reports/allure-results (written by every run with an inventory) to HTML, keeping the
+# previous report's history for trends. Needs Java and npx (Allure's command line from npm).
+report:
+	@test -d reports/allure-results || { echo "no reports/allure-results: run make demo first"; exit 1; }
+	@if [ -d reports/allure-report/history ]; then \
+	  mkdir -p reports/allure-results/history && cp -r reports/allure-report/history/. reports/allure-results/history/; fi
+	npx --yes allure-commandline generate reports/allure-results -o reports/allure-report --clean
+	@echo "open reports/allure-report/index.html"
 
 lint: setup
 	$(VENV)/bin/ruff check .

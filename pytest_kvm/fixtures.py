@@ -10,6 +10,7 @@ import threading
 
 import pytest
 
+from . import reporting
 from .errors import KvmError
 from .features import nesting
 from .guest import (
@@ -162,7 +163,9 @@ class GuestFactory:
         if host is None:
             raise KvmError("guest_factory needs a host: use kvm_host in the test or pass host=")
         spec = (spec or GuestSpec()).with_(**changes) if changes else (spec or GuestSpec())
-        guest = self.session.start_guest(host, with_host_image(spec, host), self.label, wait)
+        with reporting.step(f"provision and boot {spec.name} on {host.name}"):
+            guest = self.session.start_guest(host, with_host_image(spec, host), self.label,
+                                             wait)
         self.guests.append(guest)
         return guest
 
@@ -175,7 +178,8 @@ class GuestFactory:
                             f"stop it with pytest --hosts ... --kvm-cleanup")
                 continue
             try:
-                guest.stop()
+                with reporting.step(f"stop {guest.spec.name} on {guest.host.name}"):
+                    guest.stop()
             except KvmError as exc:
                 errors.append(str(exc))
         self.guests.clear()

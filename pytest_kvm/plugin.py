@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from . import inventory as inv
+from . import reporting
 from .errors import InventoryError, KvmError
 from .fixtures import (  # noqa: F401 - fixtures are registered by being here
     FAILED_KEY,
@@ -29,7 +30,7 @@ from .fixtures import (  # noqa: F401 - fixtures are registered by being here
     qmp,
 )
 from .guest import Guest, sweep
-from .host import Owner, controller_id, process_start, replay_dead_journals
+from .host import Host, Owner, controller_id, process_start, replay_dead_journals
 
 HOSTS_HELP = "inventory of KVM hosts (Ansible-style INI); also --kvm-hosts or env KVM_HOSTS"
 
@@ -86,6 +87,7 @@ def _run_identity() -> tuple[Owner, str]:
     return owner, "main"
 
 
+@pytest.hookimpl(tryfirst=True)  # before allure-pytest reads --alluredir
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kvm_suite(name): the suite this module belongs to "
                             "(hosts take part through the inventory key kvm_suites)")
@@ -104,6 +106,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     for message in inventory.warnings:
         config.issue_config_time_warning(pytest.PytestConfigWarning(message), stacklevel=2)
+    reporting.default_results_dir(config)
     owner, worker = _run_identity()
     config.stash[SESSION_KEY] = KvmSession(inventory, owner, worker,
                                            keep_failed=config.getoption("kvm_keep_failed"))
@@ -205,22 +208,80 @@ def suite_hosts(inventory, marker) -> list[str]:
                   if suite is None or suite in entry.get("kvm_suites", (suite,)))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.stash.get(SESSION_KEY, None) is not None and reporting.active(config):
+        reporting.label_items(items)
+
+
+UPTIME_KEY = pytest.StashKey[dict]()
+
+
+def _hosts_of(item: pytest.Item) -> list:
+    funcargs = getattr(item, "funcargs", {})
+    hosts = [v for v in funcargs.values() if isinstance(v, Host)]
+    pair = funcargs.get("kvm_pair")
+    if isinstance(pair, tuple):
+        hosts += [h for h in pair if isinstance(h, Host)]
+    return list({id(h): h for h in hosts}.values())
+
+
+def _guests_of(item: pytest.Item) -> list:
+    funcargs = getattr(item, "funcargs", {})
+    guests = [g for g in funcargs.values() if isinstance(g, Guest)]
+    for name in ("guest_factory", "module_guest_factory"):
+        guests += list(getattr(funcargs.get(name), "guests", []))
+    return list({id(g): g for g in guests}.values())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    # Where each host's kernel log stood when the check began (for dmesg on failure).
+    if reporting.active(item.config):
+        marks = {}
+        for host in _hosts_of(item):
+            try:
+                marks[host.name] = float(host.read("/proc/uptime").split()[0])
+            except (KvmError, ValueError):
+                pass
+        item.stash[UPTIME_KEY] = marks
+    yield
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
     outcome = yield
     report = outcome.get_result()
+    if call.when == "call" and reporting.active(item.config):
+        for g in _guests_of(item):
+            try:
+                reporting.attach_guest(g, report.failed)
+            except KvmError:
+                pass
     if not report.failed:
         return
     item.config.stash.setdefault(FAILED_KEY, set()).add(item.nodeid)
     # A failing check shows what the guest saw: its lsmod and the end of its dmesg.
-    funcargs = getattr(item, "funcargs", {})
-    guests = [g for g in funcargs.values() if isinstance(g, Guest)]
-    factory = funcargs.get("guest_factory")
-    guests += list(getattr(factory, "guests", []))
-    for g in guests:
+    for g in _guests_of(item):
         for title, command in (("lsmod", "lsmod"), ("dmesg", "dmesg | tail -n 60")):
             try:
                 text = g.sh(command, timeout=20) if not g.stopped else "(guest stopped)"
             except KvmError as exc:
                 text = f"(unavailable: {exc})"
             report.sections.append((f"guest {g.host.name}/{g.spec.name} {title}", text))
+            reporting.attach_text(f"guest {g.host.name}/{g.spec.name} {title}", text)
+    # ...and the host's kernel log since the check began.
+    for host in _hosts_of(item):
+        since = item.stash.get(UPTIME_KEY, {}).get(host.name)
+        if since is None:
+            continue
+        r = host.run(["sh", "-c", "dmesg | awk -v s=\"$1\" "
+                      "'{t=$0; sub(/^\\[ */,\"\",t); sub(/\\].*/,\"\",t); if (t+0 >= s) print}'",
+                      "dmesg", str(since)], become=True, check=False, timeout=30)
+        reporting.attach_text(f"host {host.name} dmesg since the check began",
+                              r.stdout or "(nothing new)")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    kvm = session.config.stash.get(SESSION_KEY, None)
+    if kvm is not None and reporting.active(session.config):
+        reporting.write_environment(session.config, kvm)

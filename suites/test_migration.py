@@ -13,11 +13,13 @@ setup time, bytes, throughput and the guest-observed gap are recorded as test pr
 
 from __future__ import annotations
 
+import json
 import random
 import secrets
 
 import pytest
 
+from pytest_kvm import reporting
 from pytest_kvm.features import migration as mig
 from pytest_kvm.fixtures import migration_address
 from pytest_kvm.guest import Disk, GuestSpec
@@ -86,8 +88,9 @@ class Run:
         address = migration_address(to_host)
         if self.storage == "copy":
             mig.mirror_storage(source, dest, address, port())
-        result = mig.migrate(source, dest, address, port(),
-                             auto_converge=self.variant == "dirty-memory")
+        with reporting.step(f"migrate {source.host.name} -> {to_host.name}"):
+            result = mig.migrate(source, dest, address, port(),
+                                 auto_converge=self.variant == "dirty-memory")
         if self.storage == "copy":
             mig.finish_mirror(source, dest)
         result.storage = {"copy": "copy (NBD mirror)", "shared": "shared"}[self.storage]
@@ -166,6 +169,8 @@ def test_guest_answers(migrated):
 
 
 def test_measured(migrated, record_property):
+    reporting.attach_text("migration numbers", json.dumps(
+        [hop.properties() for hop in migrated.hops], indent=1))
     for i, hop in enumerate(migrated.hops):
         for key, value in hop.properties().items():
             record_property(f"hop{i}_{key}" if len(migrated.hops) > 1 else key, value)

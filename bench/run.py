@@ -16,6 +16,7 @@ import traceback
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the real-sshd rig
+sys.path.insert(0, str(HERE))  # benchmarks share helpers
 
 
 def main(argv: list[str]) -> int:
@@ -37,8 +38,8 @@ def main(argv: list[str]) -> int:
     out.write_text(json.dumps(rows, indent=2) + "\n")
     print(f"{'name':<24} {'value':>12} {'baseline':>12} {'unit':<6} {'ratio':>7}")
     for r in rows:
-        print(f"{r['name']:<24} {r['value']:>12.4g} {r['baseline']:>12.4g} {r['unit']:<6} "
-              f"{r['ratio']:>7.3f}")
+        ratio = f"{r['ratio']:>7.3f}" if r["baseline"] else "      -"
+        print(f"{r['name']:<24} {r['value']:>12.4g} {r['baseline']:>12.4g} {r['unit']:<6} {ratio}")
     print(f"written: {out.relative_to(ROOT)}")
     if failed:
         print("benchmarks that could not run: " + ", ".join(failed), file=sys.stderr)

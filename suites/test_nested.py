@@ -30,7 +30,7 @@ def test_nesting_enabled(kvm_host):
 def l1(request, kvm_host, kvm_session):
     cpu = CPU_MODELS[request.param](kvm_host)
     host = kvm_session.nested_host(kvm_host, f"{kvm_host.name}-l1",
-                                   L1Options(cpu=cpu, memory=1536))
+                                   L1Options(cpu=cpu, memory=2048))
     yield host
     kvm_session.release(host)
 

@@ -11,7 +11,7 @@ import pexpect
 from ..errors import KvmError
 from ..host import Host, Owner, controller_id, process_start  # noqa: F401
 from .cloudinit import console_login, nocloud_seed
-from .console import Console, GuestCommandTimeout
+from .console import Console, ConsoleClosed, GuestCommandTimeout
 from .image import PROMPT, READY_MARKER, MicroImage
 from .qmp import Qmp
 from .spec import GuestSpec, render
@@ -101,6 +101,8 @@ class Guest:
         except GuestCommandTimeout:
             self._resync()
             raise
+        except ConsoleClosed:
+            raise self.describe_death(f"QEMU went away while running `{command}`") from None
         if check and status != 0:
             raise GuestError(f"{self.host.name}/{self.spec.name}: `{command}` exited {status}"
                              f"\n{output.strip()[-2000:]}")

@@ -393,6 +393,42 @@ class Host:
         return self.run(["test", "-d", f"/sys/module/{module}"], check=False, timeout=30).ok
 
 
+# -- a change made to a host, and how to undo it --------------------------------------------
+class HostChangeError(KvmError):
+    pass
+
+
+@dataclass
+class Change:
+    """A setting changed on a host; ``restore()`` undoes it once (journalled by ``record``)."""
+
+    host: Host
+    restored: bool = field(default=False, kw_only=True)
+    journal_entry: int | None = field(default=None, kw_only=True)
+
+    def undo_command(self) -> list[str]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def record(self) -> None:
+        """Write the undo on the host's journal, before the change is made."""
+        self.journal_entry = self.host.record_undo(self.describe(), self.undo_command())
+
+    def restore(self) -> None:
+        if self.restored:
+            return
+        r = self.host.run(self.undo_command(), become=True, check=False, timeout=120)
+        if not r.ok:
+            raise self.error(f"{self.host.name}: could not restore {self.describe()}: "
+                             f"{(r.stdout + r.stderr).strip()}")
+        self.restored = True
+        self.host.undone(self.journal_entry)
+
+    error = HostChangeError
+
+
 # -- leases: exclusive use of a host resource across the xdist workers of one run -----------
 class LeaseTimeout(KvmError):
     pass

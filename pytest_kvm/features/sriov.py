@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import KvmError
-from ..host import Host
+from ..host import Change, Host, HostChangeError
 from .vfio import check_allowed
 
 SET_NUMVFS = r"""
@@ -23,7 +22,7 @@ true
 """
 
 
-class SriovError(KvmError):
+class SriovError(HostChangeError):
     pass
 
 
@@ -39,29 +38,19 @@ fi
 
 
 @dataclass
-class PfState:
+class PfState(Change):
     """A PF's settings before the plugin changed them."""
 
-    host: Host
     pf: str
     numvfs: int
     autoprobe: str
-    restored: bool = False
-    journal_entry: int | None = None
+    error = SriovError
 
     def undo_command(self) -> list[str]:
         return ["sh", "-c", RESTORE_PF, "pf", self.pf, str(self.numvfs), self.autoprobe]
 
-    def restore(self) -> None:
-        """Put numvfs and drivers_autoprobe back (idempotent)."""
-        if self.restored:
-            return
-        r = self.host.run(self.undo_command(), become=True, check=False, timeout=120)
-        if not r.ok:
-            raise SriovError(f"{self.host.name}: could not restore {self.pf}: "
-                             f"{(r.stdout + r.stderr).strip()}")
-        self.restored = True
-        self.host.undone(self.journal_entry)
+    def describe(self) -> str:
+        return f"{self.pf} sriov_numvfs={self.numvfs} drivers_autoprobe={self.autoprobe}"
 
 
 def _pf(pf: str) -> str:
@@ -81,9 +70,7 @@ def save(host: Host, pf: str) -> PfState:
     check_allowed(host, pf)
     state = PfState(host, pf, numvfs(host, pf),
                     host.read(f"{_pf(pf)}/sriov_drivers_autoprobe", "1"))
-    state.journal_entry = host.record_undo(
-        f"{pf} sriov_numvfs={state.numvfs} drivers_autoprobe={state.autoprobe}",
-        state.undo_command())
+    state.record()
     return state
 
 

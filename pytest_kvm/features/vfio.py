@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import KvmError
-from ..host import Host
+from ..host import Change, Host, HostChangeError
 
 # Devices carrying the host's management connection (the SSH session's interface and the
 # default route's), as PCI addresses.
@@ -53,7 +52,7 @@ now=; [ -e "$d/driver" ] && now=$(basename "$(readlink "$d/driver")")
 """
 
 
-class PassthroughError(KvmError):
+class PassthroughError(HostChangeError):
     pass
 
 
@@ -67,30 +66,20 @@ echo "override=$(cat "$d/driver_override")"
 
 
 @dataclass
-class Binding:
+class Binding(Change):
     """A device handed to vfio-pci, and what it had before."""
 
-    host: Host
     bdf: str
     original_driver: str
     original_override: str
-    restored: bool = False
-    journal_entry: int | None = None
+    error = PassthroughError
 
     def undo_command(self) -> list[str]:
         return ["sh", "-c", RESTORE, "restore", self.bdf, self.original_driver,
                 self.original_override]
 
-    def restore(self) -> None:
-        """Give the device back to its original driver (idempotent)."""
-        if self.restored:
-            return
-        r = self.host.run(self.undo_command(), become=True, check=False, timeout=120)
-        if not r.ok:
-            raise PassthroughError(f"{self.host.name}: could not give {self.bdf} back to "
-                                   f"'{self.original_driver}': {r.stdout.strip()}")
-        self.restored = True
-        self.host.undone(self.journal_entry)
+    def describe(self) -> str:
+        return f"{self.bdf} back to {self.original_driver or 'no driver'}"
 
 
 def management_devices(host: Host) -> set[str]:
@@ -135,9 +124,7 @@ def bind_vfio(host: Host, bdf: str, check: bool = True) -> Binding:
         raise PassthroughError(f"{host.name}: {state.stdout.strip()}")
     values = dict(line.split("=", 1) for line in state.stdout.splitlines() if "=" in line)
     binding = Binding(host, bdf, values.get("driver", ""), values.get("override", "(null)"))
-    # Written down on the host before the change: a run that dies still gets it undone.
-    binding.journal_entry = host.record_undo(
-        f"{bdf} back to {binding.original_driver or 'no driver'}", binding.undo_command())
+    binding.record()  # on the host before the change: a run that dies still gets it undone
     r = host.run(["sh", "-c", BIND, "bind", bdf], become=True, check=False, timeout=120)
     if not r.ok:
         try:  # it may be half-way: put it back

@@ -40,7 +40,7 @@ class GuestSpec:
     memory: int = 256  # MiB; Debian's kernel needs ~96 at least
     smp: int = 1
     machine: str = "q35"
-    cpu: str | None = None  # default: host under kvm, max under tcg
+    cpu: str | None = None  # default: host under kvm, max under tcg; both without svm/vmx
     accel: str | None = None  # default: the host's (kvm only where hardware KVM is usable)
     kernel: str | None = None  # default: the built-in micro guest
     initrd: str | None = None
@@ -79,7 +79,9 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
            kernel: str | None, initrd: str | None, disk_bases: list[str],
            seed: str | None = None) -> Rendered:
     """QEMU's argv for a spec; disk_bases are the bases (on the host) of spec.disks."""
-    cpu = spec.cpu or ("host" if accel == "kvm" else "max")
+    # Guests get the virtualization extension only when their spec asks for a CPU model
+    # (nested hosts do): a guest that loads kvm_amd/kvm_intel itself is one level deeper.
+    cpu = spec.cpu or ("host" if accel == "kvm" else "max") + ",-svm,-vmx"
     root = f"pkvm.root={spec.root}" if spec.root else ""
     append = " ".join(x for x in ("console=ttyS0 quiet panic=-1", root, spec.append) if x)
     argv = [

@@ -8,6 +8,12 @@ cd "$(dirname "$0")/.."
 APT_PKGS=(openssh-server openssh-client busybox-static iproute2 socat pciutils kmod
           cpio zstd xz-utils e2fsprogs debootstrap)
 BPO_PKGS=(qemu-system-x86 qemu-utils)
+# --with-report: what rendering and checking the Allure report needs (make test, make report)
+if [ "${1:-}" = --with-report ]; then
+  APT_PKGS+=(chromium fonts-liberation)
+  command -v java >/dev/null || APT_PKGS+=(default-jre-headless)
+  command -v npx >/dev/null || APT_PKGS+=(nodejs npm)
+fi
 BPO_FILE=/etc/apt/sources.list.d/pytest-kvm-backports.sources
 
 missing=()

@@ -36,16 +36,19 @@ def active(config: pytest.Config) -> bool:
 
 
 def default_results_dir(config: pytest.Config) -> None:
-    """reports/allure-results under the rootdir, unless the user chose --alluredir."""
+    """reports/allure-results under the rootdir, unless the user chose --alluredir. That
+    default place holds one run: it is emptied when the run starts (by the xdist controller
+    only, not by each worker); the trend lives in the rendered report's history."""
     if allure is None or not hasattr(config.option, "allure_report_dir"):
         return
     if not config.option.allure_report_dir:
         config.option.allure_report_dir = str(config.rootpath / "reports" / "allure-results")
+        config.option.clean_alluredir = not os.environ.get("PYTEST_XDIST_WORKER")
 
 
 def label_items(items: list[pytest.Item]) -> None:
     """feature = suite, story = check, kvm_host = the host under test (Allure's own `host`
-    label is the machine that ran pytest)."""
+    label is the machine that ran pytest). The Suites tab groups by host, then suite."""
     for item in items:
         suite = item.get_closest_marker("kvm_suite")
         feature = suite.args[0] if suite else item.module.__name__.removeprefix("test_")
@@ -54,11 +57,15 @@ def label_items(items: list[pytest.Item]) -> None:
         pair = callspec.params.get("kvm_pair") if callspec else None
         labels = [("feature", feature), ("story", item.originalname)]
         if host:
-            labels.append(("kvm_host", host))
+            labels += [("kvm_host", host), ("parentSuite", host)]
         if pair:
             labels.append(("kvm_host", pair[0]))
             if pair[1] != pair[0]:
                 labels.append(("kvm_peer", pair[1]))
+            labels.append(("parentSuite", pair[0] if pair[1] == pair[0]
+                           else f"{pair[0]} -> {pair[1]}"))
+        if host or pair:
+            labels.append(("suite", feature))
         severity = "critical" if feature in ("passthrough", "sriov", "migration") else "normal"
         labels.append(("severity", severity))
         for name, value in labels:
@@ -110,3 +117,66 @@ def write_environment(config: pytest.Config, session) -> None:
         out.write("\n".join(lines) + "\n")
     with open(os.path.join(directory, "categories.json"), "w") as out:
         json.dump(CATEGORIES, out, indent=1)
+
+
+def attach_svg(name: str, svg: str) -> None:
+    if allure is not None and svg:
+        allure.attach(svg, name=name, attachment_type=allure.attachment_type.SVG)
+
+
+def counter_chart(samples: list[tuple[float, int, str]],
+                  windows: list[tuple[float, float, str]],
+                  width: int = 720, height: int = 300) -> str:
+    """An SVG of the guest's counter over time across migrations.
+
+    samples: (seconds, counter value, series) as the controller received them, the series
+    naming the QEMU process whose console gave the line; windows: (start, end, label) of each
+    migration, same clock. A counter that reset would drop to the bottom; the guest's downtime
+    is a gap in the dots inside a shaded window.
+    """
+    from xml.sax.saxutils import escape
+
+    if not samples:
+        return ""
+    left, right, top, bottom = 56, 16, 40, 40
+    t0 = min([s[0] for s in samples] + [w[0] for w in windows])
+    t1 = max([s[0] for s in samples] + [w[1] for w in windows])
+    span = max(t1 - t0, 1e-3)
+    vmax = max(max(s[1] for s in samples), 1)
+
+    def x(t: float) -> float:
+        return left + (t - t0) / span * (width - left - right)
+
+    def y(v: float) -> float:
+        return height - bottom - v / vmax * (height - top - bottom)
+
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+    series = list(dict.fromkeys(s[2] for s in samples))
+    colour = {name: palette[i % len(palette)] for i, name in enumerate(series)}
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+           f'<rect width="{width}" height="{height}" fill="white"/>']
+    for start, end, label in windows:
+        out.append(f'<rect x="{x(start):.1f}" y="{top}" width="{max(x(end) - x(start), 1):.1f}"'
+                   f' height="{height - top - bottom}" fill="#ddd"><title>{escape(label)}'
+                   f'</title></rect>')
+        out.append(f'<text x="{x(start) + 2:.1f}" y="{top - 6}">{escape(label)}</text>')
+    base = height - bottom
+    out.append(f'<line x1="{left}" y1="{base}" x2="{width - right}" y2="{base}" stroke="#000"/>')
+    out.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{base}" stroke="#000"/>')
+    out.append(f'<text x="{left - 4}" y="{y(vmax) + 4:.1f}" text-anchor="end">{vmax}</text>')
+    out.append(f'<text x="{left - 4}" y="{base + 4}" text-anchor="end">0</text>')
+    out.append(f'<text x="{width - right}" y="{base + 16}" text-anchor="end">{span:.1f} s</text>')
+    out.append(f'<text x="{left}" y="{base + 16}">0 s</text>')
+    out.append(f'<text x="{left}" y="14" font-size="13">The counter in the guest across the '
+               f'migration (grey: migrating)</text>')
+    lx = left
+    for name in series:
+        out.append(f'<circle cx="{lx}" cy="{height - 10}" r="4" fill="{colour[name]}"/>'
+                   f'<text x="{lx + 7}" y="{height - 6}">{escape(name)}</text>')
+        lx += 14 + 7 * len(name)
+    for t, value, name in samples:
+        out.append(f'<circle cx="{x(t):.1f}" cy="{y(value):.1f}" r="1.6" '
+                   f'fill="{colour[name]}"/>')
+    out.append("</svg>")
+    return "\n".join(out)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import random
 import secrets
+import time
 
 import pytest
 
@@ -55,6 +56,9 @@ class Run:
     def __init__(self, variant, src, dst, factory, shared_dir_path=None):
         self.variant, self.src, self.dst, self.factory = variant, src, dst, factory
         self.watch = mig.CounterWatch()
+        self.watches = [self.watch]  # watch k reads QEMU process k ("source") and k+1
+        self.processes = [src.name]
+        self.windows: list[tuple[float, float, str]] = []
         self.hops: list[mig.Migration] = []
         self.sources = []
         # ping-pong and dirty-memory: shared storage where there is some, else a copy
@@ -88,9 +92,12 @@ class Run:
         address = migration_address(to_host)
         if self.storage == "copy":
             mig.mirror_storage(source, dest, address, port())
+        started = time.monotonic()
         with reporting.step(f"migrate {source.host.name} -> {to_host.name}"):
             result = mig.migrate(source, dest, address, port(),
                                  auto_converge=self.variant == "dirty-memory")
+        self.windows.append((started, time.monotonic(), f"hop {len(self.hops) + 1}"))
+        self.processes.append(to_host.name)
         if self.storage == "copy":
             mig.finish_mirror(source, dest)
         result.storage = {"copy": "copy (NBD mirror)", "shared": "shared"}[self.storage]
@@ -109,7 +116,20 @@ class Run:
         watch = mig.CounterWatch()
         watch.attach(dest, "source")
         self.watch.close()
+        self.watches.append(watch)
         return watch
+
+    def chart(self) -> str:
+        """The guest's counter across the hops, each dot coloured by the QEMU process whose
+        console gave it (a line read twice counts once, at its first arrival)."""
+        first: dict[int, tuple[float, int, str]] = {}
+        for k, watch in enumerate(self.watches):
+            for line in watch.lines:
+                proc = k if line.side == "source" else k + 1
+                name = f"QEMU {proc + 1} on {self.processes[proc]}"
+                if line.count not in first or line.arrived < first[line.count][0]:
+                    first[line.count] = (line.arrived, line.count, name)
+        return reporting.counter_chart(sorted(first.values()), self.windows)
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
@@ -171,6 +191,7 @@ def test_guest_answers(migrated):
 def test_measured(migrated, record_property):
     reporting.attach_text("migration numbers", json.dumps(
         [hop.properties() for hop in migrated.hops], indent=1))
+    reporting.attach_svg("guest counter across the migration", migrated.chart())
     for i, hop in enumerate(migrated.hops):
         for key, value in hop.properties().items():
             record_property(f"hop{i}_{key}" if len(migrated.hops) > 1 else key, value)

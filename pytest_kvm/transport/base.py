@@ -123,6 +123,8 @@ class Transport(ABC):
     name: str
     workdir: str = "/var/tmp/pytest-kvm"
     is_root: bool = True
+    # Why the host is unreachable, while the transport fails fast (None: not known down).
+    down: str | None = None
 
     @abstractmethod
     def _exec(self, argv: list[str], timeout: float, input: bytes | None, shown: str) -> Result:

@@ -22,6 +22,9 @@ from ..errors import (
 from .base import KILL_GRACE, Result, Stream, Transport, argv_of, display
 
 KEEPALIVE = 15
+# After a host could not be reached, every use fails at once for this long (then one new
+# attempt): a host lost mid-run costs its remaining tests one connect timeout, not one each.
+DOWN_RETRY = 30.0
 
 
 class _AcceptNew(paramiko.MissingHostKeyPolicy):
@@ -67,6 +70,7 @@ class SSHTransport(Transport):
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.Lock()
+        self._down: tuple[float, str] | None = None
 
     def __repr__(self) -> str:  # never shows the password
         return f"SSHTransport({self.name!r}, {self.user}@{self.hostname}:{self.port})"
@@ -147,11 +151,27 @@ class SSHTransport(Transport):
         client.get_transport().set_keepalive(KEEPALIVE)
         return client
 
+    @property
+    def down(self) -> str | None:
+        if self._down and time.monotonic() - self._down[0] < DOWN_RETRY:
+            return self._down[1]
+        return None
+
+    def _mark_down(self, exc: HostUnreachable) -> HostUnreachable:
+        self._down = (time.monotonic(), str(exc))
+        return exc
+
     def _transport(self) -> paramiko.Transport:
         with self._lock:
             if self._client is None or not self._client.get_transport().is_active():
                 self._drop()
-                self._client = self.connect()
+                if self.down:
+                    raise HostUnreachable(f"{self.down} (not retried for {DOWN_RETRY:g} s)")
+                try:
+                    self._client = self.connect()
+                except HostUnreachable as exc:
+                    raise self._mark_down(exc) from None
+                self._down = None
             return self._client.get_transport()
 
     def _drop(self) -> None:
@@ -174,8 +194,9 @@ class SSHTransport(Transport):
                 if kind != "session" and "Connect failed" in str(exc):
                     raise HostUnreachable(f"{self.name}: {kind} {kw}: {exc}") from None
                 if attempt:
-                    raise HostUnreachable(f"{self.name}: lost the SSH connection to "
-                                          f"{self._where()}: {exc}") from None
+                    raise self._mark_down(HostUnreachable(
+                        f"{self.name}: lost the SSH connection to {self._where()}: "
+                        f"{exc or type(exc).__name__}")) from None
                 with self._lock:
                     self._drop()
         raise AssertionError("unreachable")

@@ -10,7 +10,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 
-from .errors import KvmError
+from .errors import CommandTimeout, KvmError, TransportError
 from .inventory import HostEntry
 from .transport import Transport, forwarded
 
@@ -313,6 +313,21 @@ class Host:
 
     def run(self, cmd, **kw):
         return self.transport.run(cmd, **kw)
+
+    @property
+    def down(self) -> str | None:
+        """Why the host is unreachable, when its connection was lost and not yet retried."""
+        return self.transport.down
+
+    def unreachable(self) -> str | None:
+        """None when the host answers a command now; else why not (a short probe)."""
+        try:
+            self.run(["true"], timeout=15)
+        except TransportError as exc:
+            if isinstance(exc, CommandTimeout):
+                return f"{self.name}: no answer to a command within 15 s"
+            return str(exc)
+        return None
 
     @property
     def qemu(self) -> str:

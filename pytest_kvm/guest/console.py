@@ -53,7 +53,11 @@ class Console(SpawnBase):
     def send(self, s: str) -> int:
         data = s.encode() if isinstance(s, str) else s
         self._log(s, "send")
-        self.stream.send(data)
+        try:
+            self.stream.send(data)
+        except OSError:  # the channel is gone (QEMU exited, or the host's connection)
+            self.flag_eof = True
+            raise pexpect.EOF(f"{self.name}: console closed") from None
         return len(data)
 
     def sendline(self, s: str = "") -> int:
@@ -83,8 +87,9 @@ class Console(SpawnBase):
         begin, end = f"__PKVM_B{tag}", f"__PKVM_E{tag}"
         command = command.strip()
         sep = " " if command.endswith("&") else "; "  # `cmd & ;` is a syntax error
-        self.sendline(f"echo {begin[:4]}''{begin[4:]}; {command}{sep}echo {end[:4]}''{end[4:]} $?")
         try:
+            self.sendline(f"echo {begin[:4]}''{begin[4:]}; {command}{sep}"
+                          f"echo {end[:4]}''{end[4:]} $?")
             self.expect_exact(begin + "\r\n", timeout=timeout)
             self.expect(re.escape(end) + r" (\d+)\r?\n", timeout=timeout)
         except pexpect.TIMEOUT:

@@ -8,7 +8,7 @@ import time
 
 import pexpect
 
-from ..errors import KvmError
+from ..errors import HostUnreachable, KvmError
 from ..host import Host, Owner, controller_id, process_start  # noqa: F401
 from .cloudinit import console_login, nocloud_seed
 from .console import Console, ConsoleClosed, GuestCommandTimeout
@@ -99,14 +99,23 @@ class Guest:
         try:
             status, output = self.console.run(command, timeout)
         except GuestCommandTimeout:
+            self._raise_if_host_lost(command)
             self._resync()
             raise
         except ConsoleClosed:
+            self._raise_if_host_lost(command)
             raise self.describe_death(f"QEMU went away while running `{command}`") from None
         if check and status != 0:
             raise GuestError(f"{self.host.name}/{self.spec.name}: `{command}` exited {status}"
                              f"\n{output.strip()[-2000:]}")
         return status, output
+
+    def _raise_if_host_lost(self, command: str) -> None:
+        """A console that went silent or closed because the host itself is gone says so."""
+        why = self.host.down or self.host.unreachable()
+        if why:
+            raise HostUnreachable(f"{self.host.name} became unreachable while "
+                                  f"{self.spec.name} ran `{command}`: {why}") from None
 
     def sh(self, command: str, timeout: float = 60) -> str:
         return self.run(command, timeout)[1]

@@ -239,6 +239,8 @@ def pytest_runtest_call(item: pytest.Item):
     if reporting.active(item.config):
         marks = {}
         for host in _hosts_of(item):
+            if host.down:
+                continue
             try:
                 marks[host.name] = float(host.read("/proc/uptime").split()[0])
             except (KvmError, ValueError):
@@ -253,32 +255,40 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     report = outcome.get_result()
     if call.when == "call" and reporting.active(item.config):
         for g in _guests_of(item):
-            try:
-                reporting.attach_guest(g, report.failed)
-            except KvmError:
-                pass
+            if g.host.down is None:
+                _best_effort(reporting.attach_guest, g, report.failed)
     if not report.failed:
         return
     item.config.stash.setdefault(FAILED_KEY, set()).add(item.nodeid)
     # A failing check shows what the guest saw: its lsmod and the end of its dmesg.
     for g in _guests_of(item):
         for title, command in (("lsmod", "lsmod"), ("dmesg", "dmesg | tail -n 60")):
-            try:
-                text = g.sh(command, timeout=20) if not g.stopped else "(guest stopped)"
-            except KvmError as exc:
-                text = f"(unavailable: {exc})"
+            if g.host.down:
+                text = f"(unavailable: {g.host.down})"
+            elif g.stopped:
+                text = "(guest stopped)"
+            else:
+                text = _best_effort(g.sh, command, timeout=20)
             report.sections.append((f"guest {g.host.name}/{g.spec.name} {title}", text))
             reporting.attach_text(f"guest {g.host.name}/{g.spec.name} {title}", text)
     # ...and the host's kernel log since the check began.
     for host in _hosts_of(item):
         since = item.stash.get(UPTIME_KEY, {}).get(host.name)
-        if since is None:
+        if since is None or host.down:
             continue
-        r = host.run(["sh", "-c", "dmesg | awk -v s=\"$1\" "
-                      "'{t=$0; sub(/^\\[ */,\"\",t); sub(/\\].*/,\"\",t); if (t+0 >= s) print}'",
-                      "dmesg", str(since)], become=True, check=False, timeout=30)
-        reporting.attach_text(f"host {host.name} dmesg since the check began",
-                              r.stdout or "(nothing new)")
+        r = _best_effort(host.run, ["sh", "-c", "dmesg | awk -v s=\"$1\" "
+                         "'{t=$0; sub(/^\\[ */,\"\",t); sub(/\\].*/,\"\",t); if (t+0 >= s) print}'",
+                         "dmesg", str(since)], become=True, check=False, timeout=30)
+        text = r if isinstance(r, str) else (r.stdout or "(nothing new)")
+        reporting.attach_text(f"host {host.name} dmesg since the check began", text)
+
+
+def _best_effort(fn, *args, **kw):
+    """Diagnostics never break the run: a failure to collect one becomes its text."""
+    try:
+        return fn(*args, **kw)
+    except Exception as exc:  # noqa: BLE001 - the host or guest may be gone
+        return f"(unavailable: {exc})"
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

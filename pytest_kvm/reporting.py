@@ -19,8 +19,8 @@ except ImportError:  # pragma: no cover - allure-pytest is a dependency
 # Failures of the lab rather than of the product under test.
 CATEGORIES = [
     {"name": "Infrastructure: host unreachable",
-     "messageRegex": r".*(UNREACHABLE|cannot connect to|cannot resolve|lost the SSH "
-                     r"connection|authentication as|host key).*",
+     "messageRegex": r"(?s).*(UNREACHABLE|unreachable|no answer from|cannot connect to|"
+                     r"cannot resolve|lost the SSH connection|authentication as|host key).*",
      "matchedStatuses": ["broken", "failed"]},
     {"name": "Infrastructure: provisioning",
      "messageRegex": r".*(QEMU exited|did not start|not ready|could not stop QEMU|no host key "

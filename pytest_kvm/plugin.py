@@ -233,7 +233,7 @@ def _guests_of(item: pytest.Item) -> list:
     return list({id(g): g for g in guests}.values())
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
     # Where each host's kernel log stood when the check began (for dmesg on failure).
     if reporting.active(item.config):
@@ -246,7 +246,9 @@ def pytest_runtest_call(item: pytest.Item):
             except (KvmError, ValueError):
                 pass
         item.stash[UPTIME_KEY] = marks
-    yield
+    # The test body is the "check" step (provision/boot, migrate and stop are steps too).
+    with reporting.step(f"check {item.originalname}"):
+        return (yield)
 
 
 @pytest.hookimpl(hookwrapper=True)

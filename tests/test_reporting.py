@@ -67,8 +67,19 @@ def test_allure_results_of_a_run(run):
     cmdline = next(a for a in ok["attachments"] if a["name"].endswith("QEMU command line"))
     assert "qemu-system-x86_64" in (results_dir / cmdline["source"]).read_text()
 
+    assert [(st["name"], st["status"]) for st in ok["steps"]] == [
+        ("check test_device_bound", "passed")]
+
     bad = results["test_fails_on_purpose[localhost]"]
     assert bad["status"] == "failed"
+    assert [(st["name"], st["status"]) for st in bad["steps"]] == [
+        ("check test_fails_on_purpose", "failed")]
+    # provisioning and teardown are steps of the guest fixture (an Allure container)
+    containers = [json.load(open(f)) for f in glob.glob(str(results_dir / "*-container.json"))]
+    fixture_steps = [st["name"] for c in containers for phase in ("befores", "afters")
+                     for fx in c.get(phase, []) for st in fx.get("steps", [])]
+    assert any(st.startswith("provision and boot ") for st in fixture_steps), fixture_steps
+    assert any(st.startswith("stop ") for st in fixture_steps), fixture_steps
     names = [a["name"] for a in bad["attachments"]]
     assert "guest localhost/guest lsmod" in names
     assert "host localhost dmesg since the check began" in names

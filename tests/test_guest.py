@@ -84,6 +84,19 @@ def test_crash_at_boot_is_detected_with_the_console_tail(session, host):
     msg = str(exc.value)
     assert "QEMU exited before the guest was ready" in msg
     assert "Kernel panic" in msg or "No working init" in msg
+    # panic=-1 reboots at once, and -no-reboot turns that into QEMU exiting 0
+    assert "QEMU exited with status 0: the guest powered off, or reset" in msg
+
+
+def test_a_killed_qemu_says_by_what(session, host):
+    g = session.start_guest(host, GuestSpec(name="killed"))
+    try:
+        host.run(["kill", "-SEGV", str(g.pid)])
+        with pytest.raises(GuestDied) as exc:
+            g.sh("sleep 5")
+        assert "QEMU was killed by SIGSEGV (QEMU crashed)" in str(exc.value)
+    finally:
+        g.stop()
     assert host.run(["sh", "-c", f"ls {host.workdir}/run | grep -c . || true"]).stdout.strip() \
         in ("0", "1")  # only the shared guest's dir can remain
 

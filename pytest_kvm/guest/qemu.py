@@ -23,7 +23,8 @@ RUN_DIR = "run"
 LAUNCH = r"""
 run=$1; shift
 cd "$run" || exit 2
-setsid "$@" </dev/null >>qemu.log 2>&1 &
+# QEMU's exit status goes to exit-status (a guest that dies on its own is explained by it)
+setsid sh -c '"$@"; echo $? >exit-status' qemu "$@" </dev/null >>qemu.log 2>&1 &
 child=$!
 i=0
 while [ $i -lt 600 ]; do
@@ -151,9 +152,32 @@ class Guest:
                           timeout=30)
         return r.stdout if r.ok else ""
 
+    def exit_status(self) -> str:
+        """How QEMU ended, from its exit status (empty while it runs or when unknown)."""
+        raw = ""
+        for _ in range(10):  # written by QEMU's parent shell just after QEMU ends
+            raw = self.read_log("exit-status", 1).strip()
+            if raw.isdigit() or self.alive():
+                break
+            time.sleep(0.2)
+        if not raw.isdigit():
+            return ""
+        code = int(raw)
+        if code == 0:
+            return ("QEMU exited with status 0: the guest powered off, or reset or "
+                    "triple-faulted (-no-reboot turns a reset into an exit)")
+        if code > 128:
+            sig = code - 128
+            name = {9: "SIGKILL (the OOM killer, or kill -9)", 11: "SIGSEGV (QEMU crashed)",
+                    6: "SIGABRT (QEMU aborted)", 15: "SIGTERM"}.get(sig, f"signal {sig}")
+            return f"QEMU was killed by {name}"
+        return f"QEMU exited with status {code}"
+
     def describe_death(self, what: str) -> GuestDied:
         console = self.read_log("console.log").strip() or "(nothing)"
         stderr = self.read_log("qemu.log").strip() or "(nothing)"
+        how = self.exit_status()
+        what = f"{what}; {how}" if how else what
         return GuestDied(f"{self.host.name}/{self.spec.name}: {what}\n"
                          f"--- last console lines ---\n{console}\n"
                          f"--- QEMU stderr ---\n{stderr}")

@@ -69,7 +69,7 @@ class LocalTransport(Transport):
     def open_stream(self, argv: Sequence[str]) -> Stream:
         return _ProcStream(subprocess.Popen(list(argv), stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, bufsize=0,
-                                            start_new_session=True))
+                                            stderr=subprocess.DEVNULL, start_new_session=True))
 
     def open_tcp(self, host: str, port: int, timeout: float = 10.0):
         sock = socket.create_connection((host, port), timeout=timeout)

@@ -169,6 +169,18 @@ class GuestFactory:
         self.guests.append(guest)
         return guest
 
+    def revive(self, guest: Guest) -> None:
+        """Replace a dead guest in place (same object, same spec, a new QEMU): for a rerun
+        on a host with kvm_reruns, whose tests share a module guest."""
+        try:
+            guest.stop()
+        except KvmError:
+            pass  # it is gone already, or the sweep of the next run removes it
+        with reporting.step(f"provision and boot {guest.spec.name} on {guest.host.name} "
+                            "again (the previous one died)"):
+            fresh = self.session.start_guest(guest.host, guest.spec, self.label)
+        vars(guest).update(vars(fresh))
+
     def finish(self, failed: bool, reporter=None) -> list[str]:
         errors, kept = [], []
         for guest in reversed(self.guests):
@@ -300,6 +312,22 @@ def guest(kvm_host, guest_spec, module_guest_factory) -> Guest:
         return module_guest_factory(guest_spec, host=kvm_host)
     except KvmError as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _kvm_revive_dead_guest(request):
+    """On hosts with kvm_reruns: a test (or its rerun) that shares the module's guests gets
+    fresh ones for those the previous test left dead."""
+    if ("module_guest_factory" not in request.fixturenames
+            or "kvm_host" not in request.fixturenames):
+        return
+    host = request.getfixturevalue("kvm_host")
+    if not host.entry.get("kvm_reruns"):
+        return
+    factory = request.getfixturevalue("module_guest_factory")
+    for shared in list(factory.guests):
+        if shared.dead:
+            factory.revive(shared)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ fixture is used: it adds nothing to collection and opens no connection on its ow
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -19,6 +20,7 @@ from .fixtures import (  # noqa: F401 - fixtures are registered by being here
     NO_INVENTORY,
     SESSION_KEY,
     KvmSession,
+    _kvm_revive_dead_guest,
     guest,
     guest_factory,
     guest_spec,
@@ -208,9 +210,23 @@ def suite_hosts(inventory, marker) -> list[str]:
                   if suite is None or suite in entry.get("kvm_suites", (suite,)))
 
 
+# What a rerun (kvm_reruns) is for: a guest that died or hung, not a failed check.
+RERUN_ON = ["GuestDied", "GuestCommandTimeout", "QEMU went away", "QEMU exited"]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.stash.get(SESSION_KEY, None) is not None and reporting.active(config):
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None:
+        return
+    if reporting.active(config):
         reporting.label_items(items)
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        names = [params.get("kvm_host"), *(params.get("kvm_pair") or ())]
+        reruns = max((session.inventory.hosts[n].get("kvm_reruns", 0) for n in names
+                      if n in session.inventory.hosts), default=0)
+        if reruns and not item.get_closest_marker("flaky"):
+            item.add_marker(pytest.mark.flaky(reruns=reruns, only_rerun=RERUN_ON))
 
 
 UPTIME_KEY = pytest.StashKey[dict]()
@@ -261,6 +277,7 @@ def pytest_runtest_makereport(item: pytest.Item, call):
                 _best_effort(reporting.attach_guest, g, report.failed)
     if not report.failed:
         return
+    _note_rerun(item, call)
     item.config.stash.setdefault(FAILED_KEY, set()).add(item.nodeid)
     # A failing check shows what the guest saw: its lsmod and the end of its dmesg.
     for g in _guests_of(item):
@@ -283,6 +300,29 @@ def pytest_runtest_makereport(item: pytest.Item, call):
                          "dmesg", str(since)], become=True, check=False, timeout=30)
         text = r if isinstance(r, str) else (r.stdout or "(nothing new)")
         reporting.attach_text(f"host {host.name} dmesg since the check began", text)
+
+
+RERUNS_KEY = pytest.StashKey[list]()
+
+
+def _note_rerun(item: pytest.Item, call) -> None:
+    """Remember why a check is rerun (kvm_reruns), for the terminal summary."""
+    marker = item.get_closest_marker("flaky")
+    if marker is None or call.excinfo is None:
+        return
+    reason = f"{call.excinfo.typename}: {call.excinfo.value}"
+    if getattr(item, "execution_count", 1) <= marker.kwargs.get("reruns", 0) and any(
+            re.search(pattern, reason) for pattern in RERUN_ON):
+        item.config.stash.setdefault(RERUNS_KEY, []).append(
+            (item.nodeid, reason.splitlines()[0][:300]))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    reruns = terminalreporter.config.stash.get(RERUNS_KEY, [])
+    if reruns:
+        terminalreporter.write_sep("=", "kvm reruns (kvm_reruns: a guest died or hung)")
+        for nodeid, reason in reruns:
+            terminalreporter.write_line(f"{nodeid}: {reason}")
 
 
 def _best_effort(fn, *args, **kw):

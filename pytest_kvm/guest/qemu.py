@@ -76,6 +76,7 @@ class Guest:
         self._console: Console | None = None
         self._qmp: Qmp | None = None
         self.stopped = False
+        self.dead = False  # QEMU ended on its own, or the console stopped answering
 
     def __repr__(self) -> str:  # stable across runs (no run id, no pid)
         return f"Guest({self.spec.name!r} on {self.host.name!r})"
@@ -126,7 +127,7 @@ class Guest:
             self.console.sendline("")
             self.console.wait_prompt(10)
         except (pexpect.TIMEOUT, pexpect.EOF):
-            pass
+            self.dead = True  # interrupted, and still no prompt: the guest hangs
 
     # -- QMP --------------------------------------------------------------------------------
     @property
@@ -174,6 +175,7 @@ class Guest:
         return f"QEMU exited with status {code}"
 
     def describe_death(self, what: str) -> GuestDied:
+        self.dead = True
         console = self.read_log("console.log").strip() or "(nothing)"
         stderr = self.read_log("qemu.log").strip() or "(nothing)"
         how = self.exit_status()

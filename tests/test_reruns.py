@@ -1,0 +1,43 @@
+"""kvm_reruns: on a host whose guests may die for reasons of the lab (nested virtualization
+under emulation), a check whose guest died is rerun on a fresh guest, visibly; a check that
+fails is not rerun."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+
+from test_plugin import pytest_run
+
+SUITE = textwrap.dedent("""
+    import os, pathlib, signal
+    import pytest
+
+    def test_first(guest):
+        flag = pathlib.Path("killed-once")  # in this run's directory
+        if not flag.exists():  # the lab kills the guest once, in the middle of the check
+            flag.write_text("")
+            os.kill(guest.pid, signal.SIGKILL)
+        assert guest.sh("echo one").strip() == "one"
+
+    def test_second(guest):
+        assert guest.sh("echo two").strip() == "two"
+
+    def test_wrong(guest):
+        assert guest.sh("echo three").strip() == "four"
+""")
+
+
+def test_a_dead_guest_is_rerun_on_a_fresh_one(tmp_path):
+    (tmp_path / "test_it.py").write_text(SUITE)
+    (tmp_path / "hosts.ini").write_text(
+        "[l0]\nlocalhost ansible_connection=local kvm_reruns=1\n")
+    r = pytest_run(["--hosts", "hosts.ini", "-rAR", "-p", "no:randomly"], tmp_path, timeout=300)
+    out = r.stdout
+    assert re.search(r"RERUN test_it.py::test_first\[localhost\]", out), out[-3000:]
+    assert "PASSED test_it.py::test_first[localhost]" in out
+    assert "PASSED test_it.py::test_second[localhost]" in out
+    assert "FAILED test_it.py::test_wrong[localhost]" in out  # a failed check: no rerun
+    assert "RERUN test_it.py::test_wrong" not in out
+    assert re.search(r"1 failed, 2 passed, 1 rerun", out), out[-500:]
+    assert "QEMU was killed by SIGKILL" in out  # the rerun's reason is shown

@@ -13,9 +13,9 @@ setup:
 setup-report:
 	@bash scripts/setup.sh --with-report
 
-# Runs the KVM suites on the default inventory (the local machine).
+# Runs the KVM suites on the default inventory (the local machine); ARGS="-n 2" for xdist.
 demo: setup
-	$(PYTEST) suites/ --hosts $(HOSTS)
+	$(PYTEST) suites/ --hosts $(HOSTS) $(ARGS)
 
 # The project's own tests (real sshd hosts, real QEMU, real guests, a rendered report).
 test: setup-report

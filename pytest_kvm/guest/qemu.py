@@ -44,7 +44,10 @@ ours() { [ -n "$pid" ] && tr '\0' ' ' </proc/$pid/cmdline 2>/dev/null | grep -qF
 gone() { i=0; while ours; do [ $i -ge $1 ] && return 1; sleep 0.1; i=$((i+1)); done; }
 gone "$first" || { kill -TERM "$pid"; gone 50 || { kill -KILL "$pid"; gone 50; }; }
 if ours; then echo "QEMU $pid survived SIGKILL"; exit 1; fi
-[ "$3" = keep-dir ] || rm -rf "$run"
+[ "$3" = keep-dir ] && exit 0
+# QEMU's parent shell may still be writing exit-status into the run dir: retry briefly
+i=0; while ! rm -rf "$run" 2>/dev/null && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done
+[ ! -e "$run" ] || rm -rf "$run"
 """
 
 

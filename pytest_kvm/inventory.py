@@ -92,6 +92,12 @@ def _count(value: str) -> int:
     return int(value)
 
 
+def _times(value: str) -> int:
+    if not value.isdigit():
+        raise ValueError(f"must be a whole number >= 0, got {value!r}")
+    return int(value)
+
+
 def _devices(value: str) -> tuple[str, ...]:
     """``igb,e1000e,nvme:serial=n1`` -> ("igb", "e1000e", "nvme,serial=n1")."""
     items = tuple(v.strip().replace(":", ",") for v in value.split(",") if v.strip())
@@ -166,7 +172,7 @@ KEYS: dict[str, Key] = {
     "kvm_l1_devices": Key(_devices, "nested host: emulated PCI devices, each behind its own "
                           "PCIe root port, device i at 0000:0i:00.0 (e.g. igb,e1000e)"),
     "kvm_l1_iommu": Key(_bool, "nested host: an intel-iommu (default: yes when it has devices)"),
-    "kvm_reruns": Key(_count, "rerun a check up to N times when a guest on this host died or "
+    "kvm_reruns": Key(_times, "rerun a check up to N times when a guest on this host died or "
                       "hung (an emulated lab's unreliable nested virtualization; default 0)"),
     "kvm_suites": Key(_suites, "the suites this host takes part in (default: all)"),
     "kvm_migration_peer": Key(_str, "inventory host this host migrates guests to (default: "

@@ -93,6 +93,7 @@ def test_child_group_vars_override_parent_group_vars():
          "StrictHostKeyChecking=no is not supported"),
         ("[a]\nh1 ansible_ssh_common_args='-v'\n", "option '-v' is not supported"),
         ("[a]\nh1 kvm_shared_storage=relative/dir\n", "must be an absolute path"),
+        ("[a]\nh1 kvm_reruns=two\n", "hosts.ini:2: kvm_reruns must be a whole number >= 0"),
         ("[a]\nh1\n[a]\nh2\n", "hosts.ini:3: group [a] is defined twice"),
         ("[a]\nh1 ansible_connection=local\nh2 ansible_connection=local\n",
          "is the local machine again"),

@@ -134,6 +134,8 @@ class KvmSession:
             transport.close()
         if self._keydir:
             shutil.rmtree(self._keydir, ignore_errors=True)
+        if self.worker == "main":  # the xdist controller ends after its workers
+            self.leases.remove()
 
 
 SESSION_KEY = pytest.StashKey[KvmSession | None]()

@@ -460,8 +460,13 @@ class Leases:
         import tempfile
 
         self.dir = os.path.join(tempfile.gettempdir(), f"pytest-kvm-leases-{run_id}")
-        os.makedirs(self.dir, exist_ok=True)
         self.timeout = timeout
+
+    def remove(self) -> None:
+        """Remove the run's lock files (by the run's main process, once its workers ended)."""
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def hold(self, *names: str):
         import contextlib
@@ -471,6 +476,7 @@ class Leases:
         @contextlib.contextmanager
         def held():
             locks = []
+            os.makedirs(self.dir, exist_ok=True)
             try:
                 for name in sorted(set(names)):
                     lock = FileLock(os.path.join(self.dir, _lease_file(name)))

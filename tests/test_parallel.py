@@ -3,9 +3,12 @@ with and without pytest-xdist."""
 
 from __future__ import annotations
 
+import glob
+import os
 import re
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -35,6 +38,7 @@ def test_a_lease_held_by_another_process_waits(tmp_path):
     with Leases(run).hold("lab1-0000:01:00.0"):
         waited = time.monotonic() - start
     holder.wait(10)
+    Leases(run).remove()
     assert waited > 1.0  # it had to wait for the other process
 
 
@@ -47,6 +51,8 @@ def test_timeout_names_the_lease(tmp_path):
         with Leases(run, timeout=0.5).hold("lab1-0000:01:00.0"):
             pass
     holder.kill()
+    holder.wait(10)
+    Leases(run).remove()
 
 
 def test_opposite_orders_never_deadlock():
@@ -65,6 +71,7 @@ def test_opposite_orders_never_deadlock():
         t.start()
     for t in threads:
         t.join(60)
+    leases.remove()
     assert len(done) == 2
 
 
@@ -79,9 +86,13 @@ def test_same_results_with_and_without_xdist(tmp_path):
         "[l0]\nlocalhost ansible_connection=local kvm_suites=virtio,migration\n")
     args = ["--hosts", "hosts.ini", "-rA", str(suites / "test_virtio.py"),
             str(suites / "test_migration.py"), "-k", "virtio or shared or ping"]
+    lease_dirs = set(glob.glob(os.path.join(tempfile.gettempdir(), "pytest-kvm-leases-*")))
     serial = pytest_run([*args, "-n", "0"], tmp_path, timeout=600)
     parallel = pytest_run([*args, "-n", "2"], tmp_path, timeout=600)
     assert serial.returncode == 0, serial.stdout[-2000:]
     assert parallel.returncode == 0, parallel.stdout[-2000:]
     assert outcomes(serial.stdout) == outcomes(parallel.stdout)
     assert len(outcomes(serial.stdout)) > 20
+    # the runs' lock files are gone with them
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "pytest-kvm-leases-*"))) \
+        <= lease_dirs

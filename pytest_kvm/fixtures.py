@@ -26,7 +26,7 @@ from .guest import (
 )
 from .guest.qemu import safe_name
 from .host import Host, Journal, Leases, replay_dead_journals
-from .inventory import HostEntry, Inventory
+from .inventory import HostConfig, HostEntry, Inventory
 from .transport import Transport, for_entry
 
 NO_INVENTORY = "no inventory given: pass --hosts hosts.ini (or set KVM_HOSTS)"
@@ -80,7 +80,7 @@ class KvmSession:
         return host
 
     def _connect(self, entry) -> Host:
-        parent_name = entry.get("kvm_parent")
+        parent_name = entry.config.parent
         if parent_name is None:
             return Host(entry, for_entry(entry, self.inventory, self._transports))
         # A nested host: boot it as a guest on its parent, then use it over SSH.
@@ -93,7 +93,7 @@ class KvmSession:
 
     def nested_host(self, parent: Host, name: str, opts: nesting.L1Options) -> Host:
         """A nested host made for a test (not from the inventory); stop it with release()."""
-        entry = HostEntry(name, {"kvm_parent": parent.name}, (), self.inventory.path, 0)
+        entry = HostEntry(name, HostConfig(parent=parent.name), path=self.inventory.path)
         host, l1 = nesting.provision(parent, entry, opts, self.keydir,
                                      lambda p, spec: self.start_guest(p, spec, name))
         host.l1_guest = l1
@@ -110,7 +110,7 @@ class KvmSession:
         return self._keydir
 
     def image_for(self, host: Host) -> MicroImage:
-        key = (host.entry.get("kvm_guest_kernel"), host.entry.get("kvm_guest_modules"))
+        key = (host.entry.config.guest_kernel, host.entry.config.guest_modules)
         with self._lock:
             if key not in self._images:
                 self._images[key] = build_micro(*key)
@@ -208,13 +208,13 @@ class GuestFactory:
 def with_host_image(spec: GuestSpec, host: Host) -> GuestSpec:
     """The spec on the host's distro image (kvm_guest_image), when it names one and the spec
     does not bring its own kernel or image: boot disk first, a fresh cloud-init seed."""
-    image = host.entry.get("kvm_guest_image")
+    image = host.entry.config.guest_image
     if not image or spec.kernel or spec.cloud_init or spec.root:
         return spec
-    ci = CloudInit(user=host.entry.get("kvm_guest_user", "root"),
+    ci = CloudInit(user=host.entry.config.guest_user,
                    password=secrets.token_urlsafe(12), hostname=safe_name(spec.name, 30))
     return spec.with_(disks=(Disk(image=image), *spec.disks), cloud_init=ci,
-                      root=host.entry.get("kvm_guest_root"), memory=max(spec.memory, 1024))
+                      root=host.entry.config.guest_root, memory=max(spec.memory, 1024))
 
 
 def _failed(request, node) -> bool:
@@ -276,11 +276,12 @@ def kvm_device_lease(kvm_host, kvm_pci, kvm_session):
 
 def migration_address(host: Host) -> str:
     """Where peers send migration (and NBD) streams for this host."""
-    if host.entry.get("kvm_migration_address"):
-        return host.entry.get("kvm_migration_address")
-    if host.entry.connection == "local" or host.entry.get("kvm_parent"):
+    cfg = host.entry.config
+    if cfg.migration_address:
+        return cfg.migration_address
+    if cfg.connection == "local" or cfg.parent:
         return "127.0.0.1"
-    return host.entry.get("ansible_host", host.name)
+    return cfg.host or host.name
 
 
 def _host_if_used(request) -> Host | None:
@@ -324,7 +325,7 @@ def _kvm_revive_dead_guest(request):
             or "kvm_host" not in request.fixturenames):
         return
     host = request.getfixturevalue("kvm_host")
-    if not host.entry.get("kvm_reruns"):
+    if not host.entry.config.reruns:
         return
     factory = request.getfixturevalue("module_guest_factory")
     for shared in list(factory.guests):

@@ -331,13 +331,13 @@ class Host:
 
     @property
     def qemu(self) -> str:
-        return self.entry.get("kvm_qemu", "qemu-system-x86_64")
+        return self.entry.config.qemu
 
     @property
     def named_devices(self) -> tuple[str, ...]:
         """Every PCI address the inventory lets the suites touch on this host."""
-        return tuple(sorted(set(self.entry.get("kvm_passthrough", ()))
-                            | set(self.entry.get("kvm_sriov_pf", ()))))
+        return tuple(sorted(set(self.entry.config.passthrough)
+                            | set(self.entry.config.sriov_pf)))
 
     @functools.cached_property
     def facts(self) -> Facts:
@@ -348,7 +348,7 @@ class Host:
     @property
     def accel(self) -> str:
         """kvm or tcg: the inventory's kvm_accel, or kvm only where hardware KVM is usable."""
-        wanted = self.entry.get("kvm_accel", "auto")
+        wanted = self.entry.config.accel
         if wanted != "auto":
             return wanted
         return "kvm" if self.facts.hardware_kvm else "tcg"
@@ -393,7 +393,7 @@ class Host:
                        known_hosts: str) -> Host:
         """Another host whose sshd is forwarded to a port on this host's loopback."""
         return Host(entry, forwarded(entry.name, self.transport, port, key_file, known_hosts,
-                                     entry.get("kvm_workdir")))
+                                     entry.config.workdir))
 
     # -- sysfs and modules ------------------------------------------------------------------
     def read(self, path: str, default: str | None = None) -> str:

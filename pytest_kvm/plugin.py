@@ -34,7 +34,8 @@ from .fixtures import (  # noqa: F401 - fixtures are registered by being here
 from .guest import Guest, sweep
 from .host import Host, Owner, controller_id, process_start, replay_dead_journals
 
-HOSTS_HELP = "inventory of KVM hosts (Ansible-style INI); also --kvm-hosts or env KVM_HOSTS"
+HOSTS_HELP = ("Ansible inventory of KVM hosts (INI, YAML, a directory, with group_vars/ and "
+              "host_vars/); also --kvm-hosts or env KVM_HOSTS")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -69,7 +70,8 @@ def inventory_path(config: pytest.Config) -> str | None:
     if path:
         return path
     other = getattr(config.option, "hosts", None)  # pytest-testinfra owns --hosts
-    if isinstance(other, str) and (other.endswith((".ini", ".cfg")) or os.path.isfile(other)):
+    if isinstance(other, str) and (other.endswith((".ini", ".cfg", ".yml", ".yaml"))
+                                   or os.path.exists(other)):
         return other
     return os.environ.get("KVM_HOSTS") or None
 
@@ -154,8 +156,8 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 
     def line(name: str) -> str:
         entry = session.inventory.hosts[name]
-        if parallel and entry.get("kvm_parent"):  # each worker boots its own
-            return f"  {name}: nested host on {entry.get('kvm_parent')} (booted by each worker)"
+        if parallel and entry.config.parent:  # each worker boots its own
+            return f"  {name}: nested host on {entry.config.parent} (booted by each worker)"
         try:
             return "  " + session.host(name).summary()
         except KvmError as exc:
@@ -180,7 +182,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "kvm_pair" in metafunc.fixturenames:
         # One test per (source, destination): each host with its kvm_migration_peer, or
         # with itself (two QEMU processes on one host).
-        pairs = [(n, session.inventory.hosts[n].get("kvm_migration_peer", n)) for n in names]
+        pairs = [(n, session.inventory.hosts[n].config.migration_peer or n) for n in names]
         ids = [f"{a}-to-{b}" if a != b else f"{a}-self" for a, b in pairs]
         metafunc.parametrize("kvm_pair", pairs, ids=ids, indirect=True, scope="module")
         return
@@ -188,7 +190,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "kvm_pci" in metafunc.fixturenames and devices:
         # One test per (host, device the inventory names under that key).
         key = devices.args[0]
-        pairs = [(n, bdf) for n in names for bdf in session.inventory.hosts[n].get(key, ())]
+        field = inv.KEYS[key].field
+        pairs = [(n, bdf) for n in names
+                 for bdf in getattr(session.inventory.hosts[n].config, field)]
         if not pairs:
             metafunc.parametrize(["kvm_host", "kvm_pci"], [pytest.param(None, None, marks=(
                 pytest.mark.skip(reason=f"no host in {session.inventory.path} names a device "
@@ -207,7 +211,7 @@ def suite_hosts(inventory, marker) -> list[str]:
     ``@pytest.mark.kvm_suite(name)``. Sorted, so that xdist workers agree."""
     suite = marker.args[0] if marker and marker.args else None
     return sorted(name for name, entry in inventory.hosts.items()
-                  if suite is None or suite in entry.get("kvm_suites", (suite,)))
+                  if suite is None or suite in entry.config.suites)
 
 
 # What a rerun (kvm_reruns) is for: a guest that died or hung, not a failed check.
@@ -223,7 +227,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         names = [params.get("kvm_host"), *(params.get("kvm_pair") or ())]
-        reruns = max((session.inventory.hosts[n].get("kvm_reruns", 0) for n in names
+        reruns = max((session.inventory.hosts[n].config.reruns for n in names
                       if n in session.inventory.hosts), default=0)
         if reruns and not item.get_closest_marker("flaky"):
             item.add_marker(pytest.mark.flaky(reruns=reruns, only_rerun=RERUN_ON))

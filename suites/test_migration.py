@@ -38,7 +38,7 @@ def port() -> int:
 @pytest.fixture(scope="module")
 def shared_dir(kvm_pair):
     src, dst = kvm_pair
-    path = src.entry.get("kvm_shared_storage") or dst.entry.get("kvm_shared_storage")
+    path = src.entry.config.shared_storage or dst.entry.config.shared_storage
     if path is None and src is dst:
         path = f"{src.workdir}/shared"  # one host: its own disk is shared with itself
         src.run(["mkdir", "-p", path])

@@ -77,6 +77,23 @@ def test_bad_inventory_is_a_usage_error_without_traceback(suite):
     assert "Traceback" not in r.stdout + r.stderr
 
 
+def test_yaml_inventory_with_group_vars_runs(rig, suite):
+    """The rig as a YAML inventory whose connection settings live in group_vars/."""
+    hosts = "".join(f"        {h.name}: {{ansible_host: {h.address}}}\n" for h in rig.hosts)
+    (suite / "lab.yml").write_text(f"all:\n  children:\n    rig:\n      hosts:\n{hosts}")
+    (suite / "group_vars").mkdir()
+    (suite / "group_vars" / "rig.yml").write_text(
+        f"ansible_ssh_user: root\nansible_ssh_private_key_file: {rig.key}\n"
+        f"kvm_known_hosts: {rig.known_hosts}\nkvm_workdir: \"{{{{ '{rig.workdir}' }}}}\"\n")
+    r = pytest_run(["-q", "--hosts", "lab.yml"], suite)
+    assert r.returncode == 0 and "5 passed" in r.stdout, r.stdout + r.stderr
+    (suite / "group_vars" / "all.yml").write_text("kvm_connect_timeout: soon\n")
+    r = pytest_run(["-q", "--hosts", "lab.yml"], suite)
+    assert r.returncode == 4 and r.stderr.strip() == (
+        f"ERROR: {suite}/group_vars/all.yml:1: kvm_connect_timeout must be a number of "
+        "seconds, got 'soon'"), r.stderr
+
+
 def test_missing_inventory_file(suite):
     r = pytest_run(["--hosts", "nope.ini"], suite)
     assert r.returncode == 4 and "ERROR: nope.ini: no such file" in r.stderr
@@ -86,7 +103,7 @@ def test_unknown_key_warns(rig, suite):
     (suite / "hosts.ini").write_text(rig.inventory(host_vars={"host1": {"kvm_acel": "tcg"}}))
     r = pytest_run(["--hosts", "hosts.ini", "-q"], suite)
     assert r.returncode == 0
-    assert "unknown key 'kvm_acel' in host 'host1'; did you mean 'kvm_accel'?" in r.stdout
+    assert "hosts.ini:2: unknown key 'kvm_acel'; did you mean 'kvm_accel'?" in r.stdout
 
 
 def test_unreachable_and_unresolvable_hosts_error_alone(rig, suite):

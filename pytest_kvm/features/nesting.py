@@ -44,9 +44,9 @@ class L1Options:
 
     @classmethod
     def from_entry(cls, entry: HostEntry) -> L1Options:
-        return cls(cpu=entry.get("kvm_l1_cpu"), memory=entry.get("kvm_l1_memory", 3072),
-                   smp=entry.get("kvm_l1_smp", 2), devices=entry.get("kvm_l1_devices", ()),
-                   iommu=entry.get("kvm_l1_iommu"))
+        cfg = entry.config
+        return cls(cpu=cfg.l1_cpu, memory=cfg.l1_memory, smp=cfg.l1_smp, devices=cfg.l1_devices,
+                   iommu=cfg.l1_iommu)
 
 
 def default_cpu(parent: Host) -> str:

@@ -9,7 +9,7 @@ import paramiko
 
 from ..errors import TransportError
 from ..inventory import HostEntry, Inventory
-from .base import Command, Result, Stream, Transport
+from .base import Become, Command, Result, Stream, Transport
 from .local import LocalTransport
 from .ssh import SSHTransport
 
@@ -48,24 +48,25 @@ def for_entry(entry: HostEntry, inventory: Inventory | None = None,
     opened = {} if opened is None else opened
     if entry.name in opened:
         return opened[entry.name]
-    workdir = entry.get("kvm_workdir")
-    if entry.connection == "local":
-        transport: Transport = LocalTransport(entry.name, workdir)
+    conf = entry.config
+    become = Become.of(conf)
+    if conf.connection == "local":
+        transport: Transport = LocalTransport(entry.name, conf.workdir, become=become)
         opened[entry.name] = transport
         return transport
-    cfg = _ssh_config(entry.get("ansible_host", entry.name))
-    hostname = entry.get("ansible_host") or cfg.get("hostname", entry.name)
-    port = entry.get("ansible_port") or int(cfg.get("port", 22))
-    user = entry.get("ansible_user") or cfg.get("user", "root")
-    key_file = entry.get("ansible_ssh_private_key_file") or (cfg.get("identityfile") or [None])[0]
-    policy = entry.get("kvm_host_key")
+    cfg = _ssh_config(conf.host or entry.name)
+    hostname = conf.host or cfg.get("hostname", entry.name)
+    port = conf.port or int(cfg.get("port", 22))
+    user = conf.user or cfg.get("user", "root")
+    key_file = conf.private_key_file or (cfg.get("identityfile") or [None])[0]
+    policy = conf.host_key
     if policy is None and str(cfg.get("stricthostkeychecking", "")).lower() == "accept-new":
         policy = "accept-new"
-    known_hosts = entry.get("kvm_known_hosts")
+    known_hosts = conf.known_hosts
     if not known_hosts and cfg.get("userknownhostsfile"):
         known_hosts = cfg["userknownhostsfile"].split()[0]
     proxy = None
-    jump = entry.get("kvm_proxy_jump") or cfg.get("proxyjump")
+    jump = conf.proxy_jump or cfg.get("proxyjump")
     if jump and jump.lower() != "none":
         first = jump.split(",")[0]
         if inventory is not None and first in inventory.hosts:
@@ -77,11 +78,11 @@ def for_entry(entry: HostEntry, inventory: Inventory | None = None,
                 first, jcfg.get("hostname", jhost), jport or int(jcfg.get("port", 22)),
                 juser or jcfg.get("user", "root"), (jcfg.get("identityfile") or [None])[0],
                 known_hosts=known_hosts or None, host_key_policy=policy or "strict",
-                connect_timeout=entry.get("kvm_connect_timeout", 10.0))
+                connect_timeout=conf.connect_timeout)
     transport = SSHTransport(
-        entry.name, hostname, port, user, key_file, entry.get("ansible_password"),
+        entry.name, hostname, port, user, key_file, conf.password,
         known_hosts=known_hosts or None, host_key_policy=policy or "strict",
-        connect_timeout=entry.get("kvm_connect_timeout", 10.0), proxy=proxy, workdir=workdir)
+        connect_timeout=conf.connect_timeout, proxy=proxy, workdir=conf.workdir, become=become)
     opened[entry.name] = transport
     return transport
 

@@ -10,6 +10,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import CommandFailed
 
@@ -40,8 +41,32 @@ def display(cmd: Command) -> str:
     return cmd if isinstance(cmd, str) else shlex.join(cmd)
 
 
-def argv_of(cmd: Command, env: Mapping[str, str] | None = None, sudo: bool = False) -> list[str]:
-    """A command (argv list, or a shell script string) as one argv list."""
+@dataclass(frozen=True)
+class Become:
+    """How privileged commands run: Ansible's become (sudo is the one method supported).
+
+    ``enabled`` None (the inventory does not say): through sudo when the user is not root.
+    False: never (privileged commands run as the user). True: always, as ``user``.
+    """
+
+    enabled: bool | None = None
+    user: str = "root"
+    password: Any = None  # an inventory Secret
+
+    @classmethod
+    def of(cls, config: Any) -> Become:
+        return cls(config.become, config.become_user, config.become_password)
+
+    def needed(self, is_root: bool) -> bool:
+        if self.enabled is False or (is_root and self.user == "root"):
+            return False
+        return bool(self.enabled) or not is_root
+
+
+def argv_of(cmd: Command, env: Mapping[str, str] | None = None,
+            sudo: Sequence[str] = ()) -> list[str]:
+    """A command (argv list, or a shell script string) as one argv list; ``sudo`` is the
+    privilege prefix (empty: none)."""
     if isinstance(cmd, str):
         argv = ["sh", "-c", cmd]
     else:
@@ -50,9 +75,7 @@ def argv_of(cmd: Command, env: Mapping[str, str] | None = None, sudo: bool = Fal
             raise ValueError("empty command")
     if env:
         argv = ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
-    if sudo:
-        argv = ["sudo", "-n", "--", *argv]
-    return argv
+    return [*sudo, *argv]
 
 
 def file_digest(path: str) -> str:
@@ -123,6 +146,9 @@ class Transport(ABC):
     name: str
     workdir: str = "/var/tmp/pytest-kvm"
     is_root: bool = True
+    become: Become = Become()
+    # With a become password: whether sudo asks for it (probed once; None: not yet).
+    _sudo_asks: bool | None = None
     # Why the host is unreachable, while the transport fails fast (None: not known down).
     down: str | None = None
 
@@ -146,12 +172,33 @@ class Transport(ABC):
         killed and CommandTimeout names host, command and timeout. With ``check`` a non-zero
         exit raises CommandFailed.
         """
-        argv = argv_of(cmd, env, sudo=become and not self.is_root)
         data = input.encode() if isinstance(input, str) else input
+        prefix, secret = self.sudo() if become else ((), b"")
+        argv = argv_of(cmd, env, prefix)
+        if secret:
+            data = secret + (data or b"")
         result = self._exec(argv, timeout, data, display(cmd))
         if check and result.status != 0:
             raise CommandFailed(self.name, result.command, result)
         return result
+
+    def sudo(self) -> tuple[list[str], bytes]:
+        """The prefix for a privileged command and what its stdin must start with (sudo's
+        password, when sudo asks for one; ``-k`` makes it ask every time, so it always
+        consumes that line and the command never sees it)."""
+        b = self.become
+        if not b.needed(self.is_root):
+            return [], b""
+        as_user = [] if b.user == "root" else ["-u", b.user]
+        if b.password is not None:
+            if self._sudo_asks is None:
+                probe = self._exec(["sudo", "-n", "-k", *as_user, "--", "true"], 30.0, None,
+                                   "sudo -n -k true")
+                self._sudo_asks = not probe.ok
+            if self._sudo_asks:
+                return (["sudo", "-k", "-S", "-p", "", *as_user, "--"],
+                        (b.password.reveal() + "\n").encode())
+        return ["sudo", "-n", *as_user, "--"], b""
 
     def sh(self, script: str, **kw) -> str:
         """Run a shell script and return its stdout (raises on failure)."""

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 
 from ..errors import CommandTimeout
-from .base import KILL_GRACE, Result, Stream, Transport
+from .base import KILL_GRACE, Become, Result, Stream, Transport
 
 
 def _killpg(proc: subprocess.Popen) -> None:
@@ -28,11 +28,13 @@ def _killpg(proc: subprocess.Popen) -> None:
 
 
 class LocalTransport(Transport):
-    def __init__(self, name: str = "localhost", workdir: str | None = None):
+    def __init__(self, name: str = "localhost", workdir: str | None = None,
+                 become: Become | None = None):
         self.name = name
         if workdir:
             self.workdir = workdir
         self.is_root = os.geteuid() == 0
+        self.become = become or Become()
 
     def _exec(self, argv: list[str], timeout: float, input: bytes | None, shown: str) -> Result:
         start = time.monotonic()
@@ -67,9 +69,13 @@ class LocalTransport(Transport):
         return os.path.abspath(local)  # already on this host
 
     def open_stream(self, argv: Sequence[str]) -> Stream:
-        return _ProcStream(subprocess.Popen(list(argv), stdin=subprocess.PIPE,
-                                            stdout=subprocess.PIPE, bufsize=0,
-                                            stderr=subprocess.DEVNULL, start_new_session=True))
+        prefix, secret = self.sudo()
+        stream = _ProcStream(subprocess.Popen([*prefix, *argv], stdin=subprocess.PIPE,
+                                              stdout=subprocess.PIPE, bufsize=0,
+                                              stderr=subprocess.DEVNULL, start_new_session=True))
+        if secret:
+            stream.send(secret)
+        return stream
 
     def open_tcp(self, host: str, port: int, timeout: float = 10.0):
         sock = socket.create_connection((host, port), timeout=timeout)

@@ -19,7 +19,8 @@ from ..errors import (
     TransportError,
     UnknownHostKey,
 )
-from .base import KILL_GRACE, Result, Stream, Transport, argv_of, display
+from ..inventory import Secret
+from .base import KILL_GRACE, Become, Result, Stream, Transport, argv_of, display
 
 KEEPALIVE = 15
 # After a host could not be reached, every use fails at once for this long (then one new
@@ -48,12 +49,13 @@ class SSHTransport(Transport):
         port: int = 22,
         user: str = "root",
         key_file: str | None = None,
-        password: str | None = None,
+        password: Secret | None = None,
         known_hosts: str | None = None,
         host_key_policy: str = "strict",
         connect_timeout: float = 10.0,
         proxy: Transport | None = None,
         workdir: str | None = None,
+        become: Become | None = None,
     ):
         self.name = name
         self.hostname, self.port, self.user = hostname, port, user
@@ -66,6 +68,7 @@ class SSHTransport(Transport):
         if workdir:
             self.workdir = workdir
         self.is_root = user == "root"
+        self.become = become or Become()
         self.sees_controller_root = False
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
@@ -117,7 +120,7 @@ class SSHTransport(Transport):
                 self.port,
                 username=self.user,
                 key_filename=self.key_file,
-                password=self._password,
+                password=self._password.reveal() if self._password is not None else None,
                 sock=sock,
                 timeout=self.connect_timeout,
                 banner_timeout=self.connect_timeout,
@@ -283,8 +286,11 @@ class SSHTransport(Transport):
 
     # -- streams ----------------------------------------------------------------------------
     def open_stream(self, argv: Sequence[str]) -> Stream:
+        prefix, secret = self.sudo()
         chan = self._channel()
-        chan.exec_command(display(argv_of(list(argv), sudo=not self.is_root)))
+        chan.exec_command(display(argv_of(list(argv), sudo=prefix)))
+        if secret:
+            chan.sendall(secret)
         return _ChannelStream(chan)
 
     def open_tcp(self, host: str, port: int, timeout: float = 10.0):

@@ -1,0 +1,64 @@
+"""pytest-kvm's command line: ``python -m pytest_kvm inventory -i PATH --list``.
+
+``inventory`` prints an inventory as ``ansible-inventory`` does (``--list``: groups and every
+host's resolved variables as JSON; ``--host NAME``: one host's variables), so a user debugging
+an inventory sees what pytest-kvm reads. ``--check`` also checks the keys pytest-kvm uses, as a
+test run does. A bad inventory: one line on stderr, ``file:line: what to fix``, exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import InventoryError
+from .inventory import load, read_model, resolve
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pytest_kvm",
+                                     description="pytest-kvm's tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    inv = sub.add_parser("inventory", help="show an inventory as pytest-kvm (and Ansible) "
+                         "reads it", description="Show an inventory the way ansible-inventory "
+                         "does: --list or --host NAME.")
+    inv.add_argument("-i", "--inventory", required=True, metavar="PATH",
+                     help="inventory file, directory, or comma-separated host list")
+    what = inv.add_mutually_exclusive_group(required=True)
+    what.add_argument("--list", action="store_true", help="all groups and hosts with their "
+                      "resolved variables (JSON, as ansible-inventory --list)")
+    what.add_argument("--host", metavar="NAME", help="one host's resolved variables (JSON)")
+    what.add_argument("--check", action="store_true", help="check the keys pytest-kvm uses, "
+                      "as a test run does, and print each host's pytest-kvm settings")
+    return parser
+
+
+def inventory(args: argparse.Namespace) -> int:
+    if args.check:
+        inv = load(args.inventory)
+        for message in inv.warnings:
+            print(f"warning: {message}", file=sys.stderr)
+        for entry in inv:
+            print(f"{entry.name}: {entry.config!r}")
+        return 0
+    model = read_model(args.inventory)
+    for message in model.warnings:
+        print(f"warning: {message}", file=sys.stderr)
+    resolver = resolve.Resolver(model)
+    if args.host is not None:
+        if args.host not in model.hosts:
+            print(f"{args.inventory}: no host named {args.host!r}", file=sys.stderr)
+            return 1
+        print(resolve.dumps(resolver.plain(args.host)))
+    else:
+        print(resolve.dumps(resolver.as_list()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return inventory(args)
+    except InventoryError as exc:
+        print(exc, file=sys.stderr)
+        return 1

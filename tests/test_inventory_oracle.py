@@ -1,0 +1,105 @@
+"""The inventory reader against its oracle, ansible-core's ``ansible-inventory``.
+
+Every inventory under ``tests/inventories/`` (real projects' layouts and every INI/YAML/
+directory/group_vars/host_vars feature) must read as the same data as
+``ansible-inventory -i SOURCE --list`` (and ``--host``); every file under
+``tests/inventories-bad/`` is one Ansible refuses, and pytest-kvm must refuse it too, in one
+line naming the file, with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from pytest_kvm.errors import InventoryError
+from pytest_kvm.inventory import read_model, resolve
+
+HERE = Path(__file__).parent
+GOOD = HERE / "inventories"
+BAD = HERE / "inventories-bad"
+SOURCE_NAMES = ("inventory", "hosts.ini", "hosts.yml", "hosts.yaml", "hosts.json", "hosts")
+
+
+def source(case: Path) -> Path:
+    """A case directory holds one inventory source (beside its group_vars/host_vars)."""
+    return next(case / n for n in SOURCE_NAMES if (case / n).exists())
+
+
+GOOD_CASES = sorted(p.name for p in GOOD.iterdir() if p.is_dir())
+BAD_CASES = sorted(p.name for p in BAD.iterdir())
+
+
+@pytest.fixture(scope="session")
+def ansible_home(tmp_path_factory) -> Path:
+    """Ansible with its defaults: an empty config file and HOME, not the machine's."""
+    home = tmp_path_factory.mktemp("ansible-home")
+    (home / "ansible.cfg").write_text("")
+    return home
+
+
+def ansible_inventory(home: Path, *args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("ansible-inventory", path=os.path.dirname(sys.executable))
+    if exe is None:
+        pytest.skip("ansible-core is not installed (pip install -e '.[dev]')")
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_CONFIG": str(home / "ansible.cfg"), "LC_ALL": "C.UTF-8"}
+    return subprocess.run([exe, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def oracle(ansible_home) -> dict[str, dict]:
+    """``ansible-inventory --list`` for every good case, run two at a time."""
+    def run(name: str) -> tuple[str, dict]:
+        r = ansible_inventory(ansible_home, "-i", str(source(GOOD / name)), "--list")
+        assert r.returncode == 0 and "Unable to parse" not in r.stderr, (name, r.stderr)
+        return name, json.loads(r.stdout)
+
+    with ThreadPoolExecutor(2) as pool:
+        return dict(pool.map(run, GOOD_CASES))
+
+
+def test_the_corpus_is_large_enough():
+    assert len(GOOD_CASES) >= 40 and len(BAD_CASES) >= 20
+
+
+@pytest.mark.parametrize("case", GOOD_CASES)
+def test_list_equals_ansible_inventory(case, oracle):
+    model = read_model(source(GOOD / case))
+    ours = json.loads(resolve.dumps(resolve.Resolver(model).as_list()))
+    assert ours == oracle[case]
+
+
+@pytest.mark.parametrize("case", ["gv-forms", "legacy-names", "yaml-lab", "dir-inv"])
+def test_cli_list_and_host_equal_ansible_inventory(case, oracle, ansible_home):
+    src = str(source(GOOD / case))
+    cli = [sys.executable, "-m", "pytest_kvm", "inventory", "-i", src]
+    ours = subprocess.run([*cli, "--list"], capture_output=True, text=True, timeout=60)
+    assert ours.returncode == 0, ours.stderr
+    assert json.loads(ours.stdout) == oracle[case]
+    host = sorted(oracle[case]["_meta"]["hostvars"])[0]
+    ours = subprocess.run([*cli, "--host", host], capture_output=True, text=True, timeout=60)
+    theirs = ansible_inventory(ansible_home, "-i", src, "--host", host)
+    assert ours.returncode == 0 and json.loads(ours.stdout) == json.loads(theirs.stdout)
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_what_ansible_refuses_is_refused_in_one_line(case, ansible_home):
+    path = BAD / case
+    theirs = ansible_inventory(ansible_home, "-i", str(path), "--list")
+    assert "Unable to parse" in theirs.stderr, f"ansible accepts {case}: {theirs.stdout}"
+    with pytest.raises(InventoryError) as exc:
+        read_model(path)
+    message = str(exc.value)
+    assert message.startswith(str(path)) and "\n" not in message
+    cli = subprocess.run([sys.executable, "-m", "pytest_kvm", "inventory", "-i", str(path),
+                          "--list"], capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 1 and cli.stdout == ""
+    assert cli.stderr.strip() == message, cli.stderr  # one line, no traceback

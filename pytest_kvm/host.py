@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
+import re
 import shlex
 import socket
 import threading
 from dataclasses import dataclass, field
 
+from . import remote
 from .errors import CommandTimeout, KvmError, TransportError
 from .inventory import HostEntry
 from .transport import Transport, forwarded
+
+log = logging.getLogger("pytest_kvm.host")
 
 # One round trip: everything a suite needs to decide what it can check on this host.
 # Positional arguments are the PCI addresses the inventory names; $QEMU the binary.
@@ -220,19 +225,50 @@ class Owner:
 
 # -- the journal: every host setting changed, written down before it is changed -------------
 JOURNAL_DIR = "journal"
+# Names pytest-kvm gives run dirs and journals (run id, sequence or worker): anything else
+# listed in the work dir is left alone.
+ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,120}")
+_BDF = r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]"
+_DRIVER = r"[A-Za-z0-9_.-]{0,64}"
+# The undo operations a journal may hold: a script of ours (pytest_kvm/remote) and the form
+# of each of its arguments. Replay runs nothing else: stored text is never run by a shell.
+UNDO_OPS: dict[str, tuple[str, ...]] = {
+    "undo-pci-driver": (_BDF, _DRIVER, r"\(null\)|" + _DRIVER),
+    "undo-sriov-pf": (_BDF, r"[0-9]{1,4}", r"[01]"),
+}
 
-JOURNAL_LIST = r"""
-for f in "$1"/*.log; do
-  [ -f "$f" ] && printf '%s %s\n' "$f" "$(head -n1 "$f")"
-done
-true
-"""
+
+class JournalError(KvmError):
+    pass
+
+
+def undo_argv(op: str, args: list) -> list[str]:
+    """The command for a journalled undo operation, once its arguments are checked."""
+    forms = UNDO_OPS.get(op)
+    if forms is None or not isinstance(args, list) or len(args) != len(forms) or not all(
+            isinstance(a, str) and re.fullmatch(f, a) for a, f in zip(args, forms, strict=False)):
+        raise JournalError(f"not an undo operation pytest-kvm writes: {op!r} {args!r}"[:200])
+    return remote.argv(op, *args)
+
+
+def list_owned(host: Host, where: str, kind: str) -> list[tuple[str, Owner]]:
+    """(path, owner) of the run dirs (kind "dir") or journals ("file") in a directory of the
+    host's work dir; names pytest-kvm would not give, and unreadable owners, are skipped."""
+    base = f"{host.workdir}/{where}"
+    r = host.run(remote.argv("list-owned", base, kind), check=False, timeout=60)
+    fields = r.stdout.split("\0")
+    out = []
+    for name, owner_line in zip(fields[0::2], fields[1::2], strict=False):
+        owner = Owner.parse(owner_line)
+        if ENTRY_NAME.fullmatch(name) and name not in (".", "..") and owner is not None:
+            out.append((f"{base}/{name}", owner))
+    return out
 
 
 class Journal:
-    """An append-only file on the host: one undo command per change, written before the change
-    is made, and a ``done`` line when it was undone. A run that died leaves undo lines without
-    ``done``: the next run (or --kvm-cleanup) replays them, newest first."""
+    """An append-only file on the host: one undo operation per change, written before the
+    change is made, and a ``done`` line when it was undone. A run that died leaves undo lines
+    without ``done``: the next run (or --kvm-cleanup) replays them, newest first."""
 
     def __init__(self, host: Host, owner: Owner, worker: str):
         self.host = host
@@ -244,16 +280,16 @@ class Journal:
 
     def _append(self, record: dict) -> None:
         line = json.dumps(record, separators=(",", ":"))
-        self.host.run(["sh", "-c", 'mkdir -p "${2%/*}" && { [ -s "$2" ] || printf "%s\\n" '
-                       '"$3" > "$2"; } && printf "%s\\n" "$1" >> "$2"', "journal", line,
-                       self.path, self.owner.line()], timeout=30)
+        self.host.run(remote.argv("journal-append", line, self.path, self.owner.line()),
+                      timeout=30)
 
-    def record(self, what: str, undo: list[str]) -> int:
+    def record(self, what: str, op: str, args: list[str]) -> int:
+        undo_argv(op, args)  # only what replay would accept is written
         with self._lock:
             self._n += 1
             self._open += 1
             entry = self._n
-        self._append({"id": entry, "what": what, "undo": undo})
+        self._append({"id": entry, "what": what, "op": op, "args": args})
         return entry
 
     def done(self, entry: int) -> None:
@@ -262,33 +298,47 @@ class Journal:
             self._open -= 1
             finished = self._open == 0
         if finished:  # nothing left to undo: no journal left behind
-            self.host.run(["rm", "-f", self.path], check=False, timeout=30)
+            self.host.run(["rm", "-f", "--", self.path], check=False, timeout=30)
 
 
 def replay(host: Host, journal_file: str) -> list[str]:
     """Undo what a dead run's journal says it changed and did not undo; remove the file."""
-    text = host.run(["cat", journal_file], check=False, timeout=30).stdout
-    records = [json.loads(line) for line in text.splitlines()[1:] if line.startswith("{")]
+    text = host.run(["cat", "--", journal_file], check=False, timeout=30).stdout
+    records = []
+    for line in text.splitlines()[1:]:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
     finished = {r["done"] for r in records if "done" in r}
     undone = []
-    for record in reversed([r for r in records if "undo" in r and r["id"] not in finished]):
-        result = host.run(record["undo"], become=True, check=False, timeout=120)
-        undone.append(f"{record['what']}: {'undone' if result.ok else 'FAILED ' + result.stdout.strip()}")
-    host.run(["rm", "-f", journal_file], check=False, timeout=30)
+    for record in reversed([r for r in records if "op" in r and r.get("id") not in finished]):
+        what = str(record.get("what", "?"))[:200]
+        try:
+            argv = undo_argv(record["op"], record.get("args"))
+        except JournalError as exc:
+            log.warning("%s: %s: refused: %s", host.name, journal_file, exc)
+            undone.append(f"{what}: REFUSED ({exc})")
+            continue
+        result = host.run(argv, become=True, check=False, timeout=120)
+        undone.append(f"{what}: {'undone' if result.ok else 'FAILED ' + result.stdout.strip()}")
+    host.run(["rm", "-f", "--", journal_file], check=False, timeout=30)
     return undone
 
 
 def replay_dead_journals(host: Host, current_run: str | None) -> list[str]:
     """Replay every journal on the host whose owner (on this controller) is gone."""
-    r = host.run(["sh", "-c", JOURNAL_LIST, "list", f"{host.workdir}/{JOURNAL_DIR}"],
-                 check=False, timeout=30)
     undone = []
-    for line in r.stdout.splitlines():
-        path, _, owner_line = line.partition(" ")
-        owner = Owner.parse(owner_line)
-        if owner is not None and owner.run_id != current_run and owner.is_dead():
+    for path, owner in list_owned(host, JOURNAL_DIR, "file"):
+        if owner.run_id != current_run and owner.is_dead():
             undone += replay(host, path)
     return undone
+
+
+class UnsafeWorkdir(KvmError):
+    """The work dir, or a directory above it, could be written by another user."""
 
 
 class Host:
@@ -300,9 +350,9 @@ class Host:
         self.name = entry.name
         self.journal: Journal | None = None  # attached by the session
 
-    def record_undo(self, what: str, undo: list[str]) -> int | None:
+    def record_undo(self, what: str, op: str, args: list[str]) -> int | None:
         """Write down how to undo a change, before making it (crash safety)."""
-        return self.journal.record(what, undo) if self.journal else None
+        return self.journal.record(what, op, args) if self.journal else None
 
     def undone(self, entry: int | None) -> None:
         if self.journal and entry is not None:
@@ -373,11 +423,32 @@ class Host:
         return None
 
     # -- what the guest layer needs of a host ----------------------------------------------
-    @property
+    @functools.cached_property
     def workdir(self) -> str:
-        return self.transport.workdir
+        """The work dir (run dirs, journals, upload cache), made 0700 on first use and checked
+        like OpenSSH's StrictModes: it and every directory above it belong to the connecting
+        user or root and nobody else can write them. Otherwise nothing is used there: no
+        sweep, no journal replay, no cached file."""
+        wanted = self.entry.config.workdir or ""
+        r = self.run(remote.argv("workdir", wanted), check=False, timeout=30)
+        word, _, rest = r.stdout.strip().partition(" ")
+        if r.ok and word == "ok" and rest.startswith("/"):
+            log.info("%s: work dir %s", self.name, rest)
+            self.transport.workdir = rest
+            return rest
+        shown = wanted or "the default work dir (/var/tmp/pytest-kvm-<uid>)"
+        if word == "unsafe":
+            path, uid, mode = (rest.rsplit(" ", 2) + ["?", "?"])[:3]
+            raise UnsafeWorkdir(
+                f"{self.name}: work dir {shown} is not safe: {path} belongs to uid {uid} with "
+                f"mode {mode}, so another user could plant files that pytest-kvm would run as "
+                f"root; remove it or make it yours and not group/world-writable (chmod go-w), "
+                f"or set kvm_workdir to a directory only you can write")
+        raise UnsafeWorkdir(f"{self.name}: cannot use work dir {shown}: "
+                            f"{(rest or r.stderr).strip()[:200]}")
 
     def put_cached(self, local: str) -> str:
+        self.workdir  # noqa: B018 - checked before anything is cached there
         return self.transport.put_cached(local)
 
     def open_stream(self, argv: list[str]):
@@ -421,15 +492,19 @@ class Change:
     restored: bool = field(default=False, kw_only=True)
     journal_entry: int | None = field(default=None, kw_only=True)
 
-    def undo_command(self) -> list[str]:
+    def undo_op(self) -> tuple[str, list[str]]:
+        """The undo operation (one of UNDO_OPS) and its arguments."""
         raise NotImplementedError
+
+    def undo_command(self) -> list[str]:
+        return undo_argv(*self.undo_op())
 
     def describe(self) -> str:
         raise NotImplementedError
 
     def record(self) -> None:
         """Write the undo on the host's journal, before the change is made."""
-        self.journal_entry = self.host.record_undo(self.describe(), self.undo_command())
+        self.journal_entry = self.host.record_undo(self.describe(), *self.undo_op())
 
     def restore(self) -> None:
         if self.restored:

@@ -26,17 +26,6 @@ class SriovError(HostChangeError):
     pass
 
 
-RESTORE_PF = r"""
-d=/sys/bus/pci/devices/$1
-echo "$3" > "$d/sriov_drivers_autoprobe"
-cur=$(cat "$d/sriov_numvfs")
-if [ "$cur" != "$2" ]; then
-  [ "$cur" != 0 ] && echo 0 > "$d/sriov_numvfs"
-  echo "$2" > "$d/sriov_numvfs"
-fi
-"""
-
-
 @dataclass
 class PfState(Change):
     """A PF's settings before the plugin changed them."""
@@ -46,8 +35,8 @@ class PfState(Change):
     autoprobe: str
     error = SriovError
 
-    def undo_command(self) -> list[str]:
-        return ["sh", "-c", RESTORE_PF, "pf", self.pf, str(self.numvfs), self.autoprobe]
+    def undo_op(self) -> tuple[str, list[str]]:
+        return "undo-sriov-pf", [self.pf, str(self.numvfs), self.autoprobe]
 
     def describe(self) -> str:
         return f"{self.pf} sriov_numvfs={self.numvfs} drivers_autoprobe={self.autoprobe}"

@@ -38,20 +38,6 @@ echo "$1" > /sys/bus/pci/drivers_probe
 [ "$(basename "$(readlink "$d/driver")")" = vfio-pci ] || { echo "vfio-pci did not bind"; exit 4; }
 """
 
-RESTORE = r"""
-d=/sys/bus/pci/devices/$1
-[ -d "$d" ] || exit 0
-cur=; [ -e "$d/driver" ] && cur=$(basename "$(readlink "$d/driver")")
-[ -n "$cur" ] && [ "$cur" != "$2" ] && echo "$1" > "$d/driver/unbind"
-if [ "$3" = "(null)" ] || [ -z "$3" ]; then echo > "$d/driver_override"; else echo "$3" > "$d/driver_override"; fi
-if [ -n "$2" ] && [ "$cur" != "$2" ]; then
-  echo "$1" > "/sys/bus/pci/drivers/$2/bind" 2>/dev/null || echo "$1" > /sys/bus/pci/drivers_probe
-fi
-now=; [ -e "$d/driver" ] && now=$(basename "$(readlink "$d/driver")")
-[ "$now" = "$2" ] || { echo "driver is '$now', not '$2'"; exit 4; }
-"""
-
-
 class PassthroughError(HostChangeError):
     pass
 
@@ -74,9 +60,8 @@ class Binding(Change):
     original_override: str
     error = PassthroughError
 
-    def undo_command(self) -> list[str]:
-        return ["sh", "-c", RESTORE, "restore", self.bdf, self.original_driver,
-                self.original_override]
+    def undo_op(self) -> tuple[str, list[str]]:
+        return "undo-pci-driver", [self.bdf, self.original_driver, self.original_override]
 
     def describe(self) -> str:
         return f"{self.bdf} back to {self.original_driver or 'no driver'}"

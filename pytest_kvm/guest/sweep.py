@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-from ..host import Host
-from .qemu import RUN_DIR, STOP, Owner
-
-LIST = r"""
-for d in "$1"/*/; do
-  [ -f "$d/owner" ] || continue
-  printf '%s %s\n' "${d%/}" "$(head -n1 "$d/owner")"
-done
-"""
+from ..host import Host, list_owned
+from .qemu import RUN_DIR, STOP
 
 
 def stale_runs(host: Host, current_run: str | None) -> list[str]:
-    """Run dirs on the host whose owner (a pytest process on this controller) is gone."""
-    r = host.run(["sh", "-c", LIST, "list", f"{host.workdir}/{RUN_DIR}"], check=False,
-                 timeout=60)
-    stale = []
-    for line in r.stdout.splitlines():
-        path, _, owner_line = line.partition(" ")
-        owner = Owner.parse(owner_line)
-        if owner is None or owner.run_id == current_run:
-            continue
-        if owner.is_dead():
-            stale.append(path)
-    return stale
+    """Run dirs on the host whose owner (a pytest process on this controller) is gone: only
+    direct children of the work dir's run/ with names pytest-kvm gives."""
+    return [path for path, owner in list_owned(host, RUN_DIR, "dir")
+            if owner.run_id != current_run and owner.is_dead()]
 
 
 def sweep(host: Host, current_run: str | None) -> list[str]:

@@ -211,12 +211,13 @@ class Transport(ABC):
     def get(self, remote: str, local: str) -> None: ...
 
     def put_cached(self, local: str) -> str:
-        """Upload a file once per content; returns its path on the host."""
+        """Upload a file once per content; returns its path on the host. A cached copy is
+        used only when its content hash, computed on the host, is the file's."""
         digest = file_digest(local)
         remote_dir = f"{self.workdir}/cache/{digest[:32]}"
         remote = f"{remote_dir}/{os.path.basename(local)}"
-        probe = self.run(["test", "-f", remote], check=False, timeout=30)
-        if probe.status == 0:
+        probe = self.run(["sha256sum", "--", remote], check=False, timeout=120)
+        if probe.ok and probe.stdout.split(" ", 1)[0] == digest:
             return remote
         self.run(["mkdir", "-p", remote_dir], timeout=30)
         tmp = f"{remote}.part-{os.getpid()}"

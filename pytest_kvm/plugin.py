@@ -146,10 +146,24 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         session.close()
 
 
+def _touches_no_host(config: pytest.Config) -> str | None:
+    """The option for which pytest-kvm connects to no host (it only lists things)."""
+    for dest, flag in (("collectonly", "--collect-only"), ("showfixtures", "--fixtures"),
+                       ("show_fixtures_per_test", "--fixtures-per-test"),
+                       ("markers", "--markers"), ("help", "--help"), ("version", "--version")):
+        if getattr(config.option, dest, False):
+            return flag
+    return None
+
+
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
     session = config.stash.get(SESSION_KEY, None)
     if session is None:
         return None
+    listing = _touches_no_host(config)
+    if listing:  # a listing touches no host: no connection, sweep, replay or nested boot
+        return [f"kvm inventory: {session.inventory.path} ({len(session.inventory)} hosts, "
+                f"not connected: {listing})"]
     names = list(session.inventory.hosts)
 
     parallel = bool(getattr(config.option, "numprocesses", None))

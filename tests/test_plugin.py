@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import textwrap
@@ -56,10 +57,29 @@ def test_env_var_and_report_header(rig, suite):
                         "--co"], cwd=suite, capture_output=True, text=True, timeout=60,
                        env={"KVM_HOSTS": "lab.ini", "PATH": "/usr/bin:/bin"})
     assert "test_kernel[host1-virtio_net]" in r.stdout, r.stdout + r.stderr
-    r = pytest_run(["--kvm-hosts", "lab.ini", "--co", "-k", "nothing"], suite)
+    r = pytest_run(["--kvm-hosts", "lab.ini", "-k", "nothing"], suite)
     header = r.stdout.splitlines()
     assert "kvm inventory: lab.ini (2 hosts)" in header
     assert any(line.startswith("  host1: kernel ") and "accel " in line for line in header)
+
+
+@pytest.mark.parametrize("listing", ["--collect-only", "--fixtures", "--markers", "--help"])
+def test_listing_touches_no_host(suite, listing):
+    """Listing tests or fixtures connects to nothing: not even a host that cannot answer, nor
+    a nested host that would have to be booted."""
+    listener = socket.create_server(("127.0.0.1", 0))  # would see any connection attempt
+    listener.settimeout(0.5)
+    port = listener.getsockname()[1]
+    (suite / "lab.ini").write_text(f"[x]\ndead ansible_host=127.0.0.1 ansible_port={port}\n"
+                                   "nested kvm_parent=dead\n")
+    r = pytest_run(["--kvm-hosts", "lab.ini", listing], suite, timeout=20)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with pytest.raises(TimeoutError):
+        listener.accept()  # nobody knocked
+    listener.close()
+    if listing == "--collect-only":
+        assert "kvm inventory: lab.ini (2 hosts, not connected: --collect-only)" in r.stdout
+        assert "test_kernel[dead-virtio_net]" in r.stdout
 
 
 def test_inert_without_an_inventory(suite):

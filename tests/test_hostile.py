@@ -1,0 +1,200 @@
+"""Shared hosts: another user (the real `nobody`) plants files; nothing of theirs runs as root.
+
+Real sshd hosts (the rig), a real unprivileged user, pytest-kvm run as a user runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from pytest_kvm import inventory, remote
+from pytest_kvm.fixtures import KvmSession
+from pytest_kvm.guest import Owner
+from pytest_kvm.host import Host, JournalError, UnsafeWorkdir, list_owned, replay, undo_argv
+from pytest_kvm.host import controller_id as this_controller
+from pytest_kvm.transport import for_entry
+
+from test_plugin import pytest_run
+
+
+def as_nobody(*argv: str) -> None:
+    subprocess.run(["runuser", "-u", "nobody", "--", *argv], check=True)
+
+
+def dead_owner(run_id: str) -> str:
+    """An owner line of a run on this controller whose process is gone."""
+    return Owner(run_id, this_controller(), 999999, "gone").line()
+
+
+@pytest.fixture
+def shared():
+    """A shared directory like /var/tmp: root's, sticky, world-writable."""
+    top = tempfile.mkdtemp(prefix="pytest-kvm-shared-")
+    os.chmod(top, 0o755)
+    path = os.path.join(top, "shared")
+    os.mkdir(path)
+    os.chmod(path, 0o1777)
+    yield path
+    shutil.rmtree(top)
+
+
+def plant(workdir: str, marker: str) -> None:
+    """What another user leaves in a work dir: a journal of a 'dead run' whose undo would
+    run a command as root, and a run dir of a 'dead run'."""
+    journal = os.path.join(workdir, "journal")
+    as_nobody("mkdir", "-p", journal, os.path.join(workdir, "run", "r1-1"))
+    records = [dead_owner("evil0001"),
+               json.dumps({"id": 1, "what": "evil", "undo": ["touch", marker]}),
+               json.dumps({"id": 2, "what": "evil", "op": "sh", "args": ["-c", f"touch {marker}"]})]
+    as_nobody("sh", "-c", 'printf "%s\\n" "$@" > "$0"', f"{journal}/evil0001-main.log", *records)
+    as_nobody("sh", "-c", 'printf "%s\\n" "$1" > "$0"', f"{workdir}/run/r1-1/owner",
+              dead_owner("evil0001"))
+
+
+def write_inventory(rig, path, workdir: str | None) -> str:
+    text = rig.inventory()
+    text = text.replace(f"kvm_workdir={rig.workdir}", f"kvm_workdir={workdir}" if workdir else "")
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("how", ["planted-dir", "planted-parent", "planted-link"])
+def test_a_work_dir_another_user_could_write_is_refused(rig, tmp_path, shared, how):
+    marker = os.path.join(shared, "pwned")
+    if how == "planted-dir":  # nobody made the work dir first and filled it
+        workdir = os.path.join(shared, "work")
+        as_nobody("mkdir", workdir)
+        plant(workdir, marker)
+        culprit = workdir
+    elif how == "planted-parent":  # a directory above it is nobody's
+        culprit = os.path.join(shared, "team")
+        as_nobody("mkdir", "-m", "0777", culprit)
+        workdir = os.path.join(culprit, "work")
+        as_nobody("mkdir", workdir)
+        plant(workdir, marker)
+    else:  # the work dir is nobody's link to nobody's directory
+        theirs = os.path.join(shared, "theirs")
+        as_nobody("mkdir", theirs)
+        plant(theirs, marker)
+        workdir = os.path.join(shared, "work")
+        as_nobody("ln", "-s", theirs, workdir)
+        culprit = workdir
+    write_inventory(rig, tmp_path / "hosts.ini", workdir)
+    (tmp_path / "test_it.py").write_text("def test_x(kvm_host):\n    pass\n")
+
+    cleanup = pytest_run(["--hosts", "hosts.ini", "--kvm-cleanup"], tmp_path)
+    run = pytest_run(["--hosts", "hosts.ini", "-q", "-rE"], tmp_path)
+
+    assert not os.path.exists(marker), "a planted journal ran"
+    assert cleanup.returncode == 1
+    assert f"host1: UNREACHABLE: host1: work dir {workdir} is not safe: {culprit} belongs " \
+           "to uid 65534" in cleanup.stdout, cleanup.stdout
+    assert run.returncode == 1 and "2 errors" in run.stdout, run.stdout
+    assert f"work dir {workdir} is not safe" in run.stdout
+    # what nobody planted is still there, untouched (no sweep, no replay)
+    assert os.path.exists(os.path.join(workdir, "journal", "evil0001-main.log"))
+    assert os.path.exists(os.path.join(workdir, "run", "r1-1", "owner"))
+
+
+@pytest.fixture
+def host1(rig, tmp_path):
+    inv = inventory.load(write_inventory(rig, tmp_path / "hosts.ini", str(tmp_path / "work")))
+    host = Host(inv.hosts["host1"], for_entry(inv.hosts["host1"], inv))
+    yield host
+    host.transport.close()
+
+
+def test_the_default_work_dir_is_per_user_and_private(rig, tmp_path):
+    inv = inventory.load(write_inventory(rig, tmp_path / "hosts.ini", None))
+    host = Host(inv.hosts["host1"], for_entry(inv.hosts["host1"], inv))
+    try:
+        assert host.workdir == "/var/tmp/pytest-kvm-0"
+        assert host.run(["stat", "-c", "%a %u", host.workdir]).stdout.split() == ["700", "0"]
+    finally:
+        host.transport.close()
+
+
+def test_a_journal_is_replayed_only_as_the_undo_operations_pytest_kvm_writes(host1, tmp_path):
+    marker = tmp_path / "ran"
+    journal = f"{host1.workdir}/journal/tamper01-main.log"
+    lines = [dead_owner("tamper01"),
+             json.dumps({"id": 1, "what": "old form", "undo": ["touch", str(marker)]}),
+             json.dumps({"id": 2, "what": "shell", "op": "sh", "args": ["-c", f"touch {marker}"]}),
+             json.dumps({"id": 3, "what": "bad arg", "op": "undo-pci-driver",
+                         "args": ["0000:01:00.0; touch x", "", "(null)"]}),
+             json.dumps({"id": 4, "what": "path", "op": "undo-sriov-pf",
+                         "args": ["../../../tmp", "0", "1"]}),
+             "not json at all"]
+    host1.run(["sh", "-c", 'mkdir -p "${0%/*}" && printf "%s\\n" "$@" > "$0"', journal, *lines])
+    undone = replay(host1, journal)
+    assert not marker.exists()
+    assert [u.split(":")[0] for u in undone] == ["path", "bad arg", "shell"]
+    assert all("REFUSED (not an undo operation pytest-kvm writes" in u for u in undone)
+    assert not host1.run(["test", "-e", journal], check=False).ok  # the journal is gone
+    with pytest.raises(JournalError):
+        undo_argv("undo-pci-driver", ["0000:01:00.0", "e1000e$(id)", "(null)"])
+    assert undo_argv("undo-sriov-pf", ["0000:01:00.0", "0", "1"])[:2] == ["sh", "-c"]
+
+
+def test_odd_names_in_the_work_dir_are_never_removed(host1, tmp_path):
+    """Run dirs are listed NUL-separated; only direct children with names pytest-kvm gives
+    are swept, whatever else lies there."""
+    from pytest_kvm.guest.sweep import sweep
+
+    run = f"{host1.workdir}/run"
+    odd = ["bad name", "new\nline", "-rf", ".hidden"]
+    victim = tmp_path / "bad"
+    victim.mkdir()  # what a name split at its space would have hit
+    for name in [*odd, "good0001-1"]:
+        host1.run(["mkdir", "-p", f"{run}/{name}"])
+        host1.run(["sh", "-c", 'printf "%s\\n" "$1" > "$0"', f"{run}/{name}/owner",
+                   dead_owner("good0001")])
+    host1.run(["ln", "-s", str(tmp_path), f"{run}/link0001-1"])
+    listed = [path for path, _ in list_owned(host1, "run", "dir")]
+    assert listed == [f"{run}/good0001-1"]
+    assert sweep(host1, None) == [f"{run}/good0001-1"]
+    left = host1.run(["ls", "-A", run]).stdout
+    assert all(n.split("\n")[0] in left for n in odd) and "link0001-1" in left
+    assert victim.exists()
+
+
+def test_a_cached_upload_is_used_only_when_its_hash_matches(host1, tmp_path):
+    local = tmp_path / "kernel"
+    local.write_bytes(b"the real kernel\n" * 1000)
+    remote_path = host1.put_cached(str(local))
+    host1.run(["sh", "-c", 'printf planted > "$0"', remote_path])  # replaced behind our back
+    assert host1.put_cached(str(local)) == remote_path
+    assert host1.run(["sha256sum", remote_path]).stdout.split()[0] == \
+        __import__("hashlib").sha256(local.read_bytes()).hexdigest()
+
+
+def test_remote_scripts_are_files_that_pass_shellcheck():
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (make setup installs it)")
+    folder = os.path.dirname(remote.__file__)
+    scripts = sorted(f for f in os.listdir(folder) if f.endswith(".sh"))
+    assert {"workdir.sh", "list-owned.sh", "undo-pci-driver.sh"} <= set(scripts)
+    r = subprocess.run(["shellcheck", "-s", "sh", *scripts], cwd=folder, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stdout
+
+
+def test_session_refuses_an_unsafe_work_dir_before_any_sweep(rig, tmp_path, shared):
+    workdir = os.path.join(shared, "work")
+    as_nobody("mkdir", workdir)
+    marker = os.path.join(shared, "pwned")
+    plant(workdir, marker)
+    inv = inventory.load(write_inventory(rig, tmp_path / "hosts.ini", workdir))
+    session = KvmSession(inv, Owner.current("hostile1"))
+    try:
+        with pytest.raises(UnsafeWorkdir, match="belongs to uid 65534 with mode 0755"):
+            session.host("host1")
+    finally:
+        session.close()
+    assert not os.path.exists(marker)

@@ -41,6 +41,7 @@ report-check: report
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	shellcheck -s sh pytest_kvm/remote/*.sh
 
 clean:
 	rm -rf $(VENV) reports/allure-results reports/allure-report reports/allure-overview.png reports/bench.json

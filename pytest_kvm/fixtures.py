@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import shlex
 import shutil
 import tempfile
 import threading
@@ -188,7 +189,8 @@ class GuestFactory:
         for guest in reversed(self.guests):
             if failed and self.session.keep_failed and guest.alive():
                 kept.append(f"kept {guest!r}: console: ssh to {guest.host.name}, then "
-                            f"socat -,raw,echo=0 UNIX-CONNECT:{guest.rundir}/c.sock ; "
+                            f"cd {shlex.quote(guest.rundir)} && "
+                            f"socat -,raw,echo=0 UNIX-CONNECT:c.sock ; "
                             f"stop it with pytest --hosts ... --kvm-cleanup")
                 continue
             try:

@@ -458,7 +458,13 @@ class Host:
         """A stream to a unix socket on the host (a guest's console or QMP)."""
         if not self.facts.socat:
             raise KvmError(f"{self.name}: socat not found; install it (apt-get install socat)")
-        return self.transport.open_stream(["socat", "-", f"UNIX-CONNECT:{path}"])
+        folder, _, name = path.rpartition("/")
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+            raise KvmError(f"{self.name}: not a socket name pytest-kvm uses: {name!r}")
+        # socat reads ',' and ':' in an address as its own syntax: the directory (which holds
+        # the work dir, any path) is never part of the address, only our socket's name.
+        return self.transport.open_stream(
+            ["sh", "-c", 'cd "$1" && exec socat - "UNIX-CONNECT:$2"', "socat", folder, name])
 
     def forwarded_host(self, entry: HostEntry, port: int, key_file: str,
                        known_hosts: str) -> Host:

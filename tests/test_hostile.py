@@ -14,8 +14,9 @@ import tempfile
 import pytest
 
 from pytest_kvm import inventory, remote
+from pytest_kvm.errors import InventoryError
 from pytest_kvm.fixtures import KvmSession
-from pytest_kvm.guest import Owner
+from pytest_kvm.guest import GuestSpec, Owner
 from pytest_kvm.host import Host, JournalError, UnsafeWorkdir, list_owned, replay, undo_argv
 from pytest_kvm.host import controller_id as this_controller
 from pytest_kvm.transport import for_entry
@@ -198,3 +199,45 @@ def test_session_refuses_an_unsafe_work_dir_before_any_sweep(rig, tmp_path, shar
     finally:
         session.close()
     assert not os.path.exists(marker)
+
+
+def test_a_comma_in_a_path_cannot_add_a_qemu_option(rig, tmp_path):
+    """kvm_workdir goes into -chardev/-blockdev option strings: a comma there is doubled, so
+    `logfile=` cannot be pointed anywhere (QEMU keeps the last duplicate key)."""
+    short = tempfile.mkdtemp(prefix="pk")  # unix socket paths have 108 bytes at most
+    evil = os.path.join(short, "e")
+    workdir = f"{short}/w,logfile={evil},x=y"
+    path = tmp_path / "hosts.ini"
+    path.write_text(rig.inventory().replace(f"kvm_workdir={rig.workdir}",
+                                            f"kvm_workdir='{workdir}'"))
+    inv = inventory.load(path)
+    session = KvmSession(inv, Owner.current("comma001"))
+    try:
+        host = session.host("host1")
+        guest = session.start_guest(host, GuestSpec(name="comma"), "comma")
+        try:
+            assert guest.run("echo up") == (0, "up\n")
+            assert guest.rundir.startswith(workdir + "/run/")
+            assert "up" in host.run(["cat", f"{guest.rundir}/console.log"]).stdout
+        finally:
+            guest.stop()
+    finally:
+        session.close()
+    assert not os.path.exists(evil)
+    shutil.rmtree(short)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("kvm_guest_root", "'/dev/vda init=/bin/sh'", "must be a device path such as /dev/vda"),
+    ("kvm_guest_root", "vda", "must be a device path"),
+    ("kvm_l1_devices", "usb-host:hostbus=1", "'usb-host' is not an emulated device"),
+    ("kvm_l1_devices", "igb:romfile=/etc/shadow", "igb option 'romfile=/etc/shadow' is not"),
+    ("kvm_l1_devices", "nvme:serial=n1:drive=x", "nvme option 'drive=x' is not allowed"),
+    ("kvm_migration_address", "'0.0.0.0:1,server=on'", "must be an IP address or a DNS name"),
+    ("kvm_migration_address", "host;rm", "must be an IP address or a DNS name"),
+    ("kvm_workdir", "\"'/tmp/a\\nb'\"", "must not hold control characters"),
+])
+def test_values_that_would_inject_are_refused(key, value, expected):
+    with pytest.raises(InventoryError) as exc:
+        inventory.parse(f"[a]\nh1 {key}={value}\n", "hosts.ini")
+    assert str(exc.value).startswith(f"hosts.ini:2: {key} ") and expected in str(exc.value)

@@ -232,13 +232,18 @@ def mirror_storage(source: Guest, destination: Guest, address: str, port: int,
                    node: str = "disk0", timeout: float = 300.0) -> None:
     """Copy the source's top disk layer into the destination's disk over NBD (as libvirt's
     copy-storage does); returns once the mirror is ready (in sync)."""
+    import secrets
+
+    # The server listens on the migration address only, and the export has a name nobody can
+    # guess (another user of the network cannot write into the guest's disk by name).
+    export = f"pytest-kvm-{secrets.token_hex(12)}"
     destination.qmp.execute("nbd-server-start",
                             addr={"type": "inet", "data": {"host": address, "port": str(port)}})
     destination.qmp.execute("block-export-add", type="nbd", id="mig-" + node, node_name=node,
-                            writable=True)
+                            name=export, writable=True)
     source.qmp.execute("blockdev-add", driver="nbd", node_name="mirror-" + node,
                        server={"type": "inet", "host": address, "port": str(port)},
-                       export=node)
+                       export=export)
     source.qmp.execute("blockdev-mirror", job_id="mirror-" + node, device=node,
                        target="mirror-" + node, sync="top")
     source.qmp.event("BLOCK_JOB_READY", timeout=timeout)

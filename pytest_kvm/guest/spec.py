@@ -69,6 +69,12 @@ class GuestSpec:
         return cls(**base)
 
 
+def qopt(value: str) -> str:
+    """A value placed in a QEMU option string (``key=value,...``): commas doubled, as QEMU
+    reads them, so a value can never add or override an option."""
+    return value.replace(",", ",,")
+
+
 @dataclass
 class Rendered:
     argv: list[str]
@@ -89,10 +95,10 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
         "-machine", f"{spec.machine},accel={accel}", "-cpu", cpu,
         "-m", str(spec.memory), "-smp", str(spec.smp),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-chardev", f"socket,id=con0,path={rundir}/c.sock,server=on,wait=off,"
-                    f"logfile={rundir}/console.log,logappend=on",
+        "-chardev", f"socket,id=con0,path={qopt(rundir)}/c.sock,server=on,wait=off,"
+                    f"logfile={qopt(rundir)}/console.log,logappend=on",
         "-serial", "chardev:con0",
-        "-chardev", f"socket,id=qmp0,path={rundir}/q.sock,server=on,wait=off",
+        "-chardev", f"socket,id=qmp0,path={qopt(rundir)}/q.sock,server=on,wait=off",
         "-mon", "chardev=qmp0,mode=control",
         "-pidfile", f"{rundir}/qemu.pid",
     ]
@@ -108,13 +114,13 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
         if not disk.path:
             out.overlays.append((overlay, base, disk.format))
         argv += ["-blockdev", f"driver=qcow2,node-name=disk{i},file.driver=file,"
-                              f"file.filename={overlay}"]
+                              f"file.filename={qopt(overlay)}"]
         if disk.interface == "virtio":
             argv += ["-device", f"virtio-blk-pci,drive=disk{i},id=vd{i}"]
         else:
             argv += ["-device", f"scsi-hd,drive=disk{i},bus=scsi0.0,id=sd{i}"]
     if seed:
-        argv += ["-drive", f"if=none,id=seed,file={seed},format=raw,readonly=on",
+        argv += ["-drive", f"if=none,id=seed,file={qopt(seed)},format=raw,readonly=on",
                  "-device", "virtio-blk-pci,drive=seed,id=seed"]
     for i, nic in enumerate(spec.nics):
         # user networking with no restrictions would let a guest reach the outside network
@@ -127,7 +133,7 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
                  "-device", "virtio-rng-pci,rng=rng0"]
     if spec.serial:
         argv += ["-device", "virtio-serial-pci,id=vser0",
-                 "-chardev", f"socket,id=vcon0,path={rundir}/vc.sock,server=on,wait=off",
+                 "-chardev", f"socket,id=vcon0,path={qopt(rundir)}/vc.sock,server=on,wait=off",
                  "-device", "virtconsole,chardev=vcon0,name=org.pytest-kvm.0"]
     for dev in spec.devices:
         argv += ["-device", dev]

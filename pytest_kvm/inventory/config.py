@@ -102,7 +102,33 @@ def _abspath(value: Any) -> str:
     value = _text(value)
     if not value.startswith("/"):
         raise ValueError(f"must be an absolute path, got {value!r}")
+    if any(ord(c) < 32 or c == "\x7f" for c in value):
+        raise ValueError("must not hold control characters (a newline, a tab...)")
     return value.rstrip("/") or "/"
+
+
+def _device_path(value: Any) -> str:
+    """A guest disk's device path, e.g. /dev/vda or /dev/disk/by-label/root: it goes on the
+    guest's kernel command line, where a space would add a parameter."""
+    value = _text(value)
+    if not re.fullmatch(r"/dev/[A-Za-z0-9_.:+@-]+(/[A-Za-z0-9_.:+@=-]+)*", value):
+        raise ValueError(f"must be a device path such as /dev/vda, got {value!r}")
+    return value
+
+
+def _address(value: Any) -> str:
+    """An IP address or a DNS name (it becomes part of a QEMU migration URI)."""
+    import ipaddress
+
+    value = _text(value)
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    label = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    if len(value) <= 253 and re.fullmatch(rf"{label}(?:\.{label})*\.?", value):
+        return value
+    raise ValueError(f"must be an IP address or a DNS name, got {value!r}")
 
 
 def _seconds(value: Any) -> float:
@@ -133,12 +159,29 @@ def _items(value: Any) -> list[str]:
     return [v.strip() for v in _text(value).split(",") if v.strip()]
 
 
+# Emulated PCI devices a nested host may get, and the options they may take: nothing that
+# reaches the parent (a host device, a file, a socket, a ROM image read from a path).
+L1_DEVICES = {
+    "igb": (), "igbvf": (), "e1000e": (), "e1000": (), "rtl8139": (), "virtio-net-pci": (),
+    "vmxnet3": (), "pci-testdev": (), "edu": (),
+    "nvme": ("serial", "sriov_max_vfs", "sriov_vq_flexible", "sriov_vi_flexible",
+             "max_ioqpairs", "msix_qsize", "num_queues"),
+}
+
+
 def _devices(value: Any) -> tuple[str, ...]:
     """``igb,e1000e,nvme:serial=n1`` -> ("igb", "e1000e", "nvme,serial=n1")."""
     items = tuple(v.replace(":", ",") for v in _items(value))
     for item in items:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9-]*(,[A-Za-z0-9_-]+=[A-Za-z0-9_.-]+)*", item):
-            raise ValueError(f"{item!r} is not a QEMU device (e.g. igb or nvme:serial=n1)")
+        model, *opts = item.split(",")
+        if model not in L1_DEVICES:
+            raise ValueError(f"{model!r} is not an emulated device a nested host may get; "
+                             f"use one of {', '.join(sorted(L1_DEVICES))}")
+        for opt in opts:
+            key, _, val = opt.partition("=")
+            if key not in L1_DEVICES[model] or not re.fullmatch(r"[A-Za-z0-9_.-]+", val):
+                allowed = ", ".join(L1_DEVICES[model]) or "none"
+                raise ValueError(f"{model} option {opt!r} is not allowed (options: {allowed})")
     return items
 
 
@@ -235,7 +278,7 @@ KEYS: dict[str, Key] = {
     "kvm_suites": Key("suites", _suites, "the suites this host takes part in (default: all)"),
     "kvm_migration_peer": Key("migration_peer", _text, "inventory host this host migrates "
                               "guests to (default: itself, two QEMU processes)"),
-    "kvm_migration_address": Key("migration_address", _text, "address peers send migration "
+    "kvm_migration_address": Key("migration_address", _address, "address peers send migration "
                                  "streams to (default: ansible_host, or 127.0.0.1 for a local "
                                  "host)"),
     "kvm_known_hosts": Key("known_hosts", _text, "known_hosts file for host keys (default "
@@ -252,7 +295,7 @@ KEYS: dict[str, Key] = {
     "kvm_guest_image": Key("guest_image", _text, "a distro qcow2 (cloud image) on the "
                            "controller: guests on this host boot it with a cloud-init NoCloud "
                            "seed"),
-    "kvm_guest_root": Key("guest_root", _abspath, "boot kvm_guest_image with the micro kernel "
+    "kvm_guest_root": Key("guest_root", _device_path, "boot kvm_guest_image with the micro kernel "
                           "and switch_root to this disk (for an image without a bootloader), "
                           "e.g. /dev/vda"),
     "kvm_guest_user": Key("guest_user", _text, "user cloud-init creates in kvm_guest_image "

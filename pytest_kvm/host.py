@@ -557,7 +557,11 @@ class Leases:
         @contextlib.contextmanager
         def held():
             locks = []
-            os.makedirs(self.dir, exist_ok=True)
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            st = os.lstat(self.dir)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o077 or not os.path.isdir(self.dir):
+                raise LeaseTimeout(f"lease dir {self.dir} is not this user's private directory "
+                                   "(another user made it first?); remove it")
             try:
                 for name in sorted(set(names)):
                     lock = FileLock(os.path.join(self.dir, _lease_file(name)))

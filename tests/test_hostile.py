@@ -241,3 +241,15 @@ def test_values_that_would_inject_are_refused(key, value, expected):
     with pytest.raises(InventoryError) as exc:
         inventory.parse(f"[a]\nh1 {key}={value}\n", "hosts.ini")
     assert str(exc.value).startswith(f"hosts.ini:2: {key} ") and expected in str(exc.value)
+
+
+@pytest.mark.parametrize("keys, expected", [
+    ("ansible_ssh_common_args='-o StrictHostKeyChecking=accept-new "
+     "-o UserKnownHostsFile=/dev/null'", "accept-new with known_hosts /dev/null would accept"),
+    ("kvm_host_key=accept-new kvm_known_hosts=/dev/null", "would accept any host key"),
+    ("ansible_ssh_common_args='-J a,b'", "ProxyJump a,b has several hops"),
+])
+def test_host_key_policies_that_check_nothing_are_refused(keys, expected):
+    with pytest.raises(InventoryError) as exc:
+        inventory.parse(f"[a]\nh1 {keys}\n", "hosts.ini")
+    assert str(exc.value).startswith("hosts.ini:2: ") and expected in str(exc.value)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pexpect
 import pycdlib
 
-from .image import PROMPT, cache_root
+from .image import PROMPT
 
 
 @dataclass(frozen=True)
@@ -46,25 +46,21 @@ class CloudInit:
         return f"instance-id: pytest-kvm-{instance}\nlocal-hostname: {self.hostname}\n"
 
 
-def nocloud_seed(ci: CloudInit) -> str:
-    """An ISO9660 'cidata' volume with meta-data and user-data; cached by content."""
+def nocloud_seed(ci: CloudInit, directory: str) -> str:
+    """An ISO9660 'cidata' volume with meta-data and user-data, written 0600 into
+    ``directory`` (it may hold a password: the caller removes it once it is on the host)."""
     files = {"meta-data": ci.meta_data().encode(), "user-data": ci.user_data().encode()}
-    digest = hashlib.sha256(b"".join(k.encode() + v for k, v in files.items())).hexdigest()[:24]
-    out = cache_root() / "seeds" / f"seed-{digest}.iso"
-    if out.exists():
-        return str(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
     for name, data in files.items():
         short = "/" + name.replace("-", "").upper()[:8] + ".;1"
         iso.add_fp(io.BytesIO(data), len(data), short, rr_name=name, joliet_path="/" + name)
-    tmp = f"{out}.{os.getpid()}"
-    iso.write(tmp)
+    out = os.path.join(directory, "seed.iso")
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        iso.write_fp(f)
     iso.close()
-    os.replace(tmp, out)
-    os.chmod(out, 0o600)  # it may hold a password
-    return str(out)
+    return out
 
 
 def console_login(console, ci: CloudInit, deadline_s: float) -> None:

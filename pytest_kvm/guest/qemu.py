@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import tempfile
 import time
 
 import pexpect
@@ -253,12 +255,15 @@ def start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, se
     kernel = None if boot_disk else host.put_cached(spec.kernel or image.kernel)
     initrd = spec.initrd or (image.initrd if spec.kernel is None else None)
     initrd = host.put_cached(initrd) if initrd and not boot_disk else None
-    seed = host.put_cached(nocloud_seed(spec.cloud_init)) if spec.cloud_init else None
     rundir = f"{host.workdir}/{RUN_DIR}/{owner.run_id}-{seq}"
+    # The cloud-init seed may hold a password: 0600 in the guest's own run dir (removed when
+    # the guest stops), never in the shared upload cache.
+    seed = f"{rundir}/seed.iso" if spec.cloud_init else None
     proc_name = f"pytest-kvm-{owner.run_id}-{safe_name(label or spec.name)}"
     bases = []
-    prepare = [["mkdir", "-p", rundir], ["sh", "-c", 'printf "%s\\n" "$1" > "$2"', "owner",
-                                         owner.line(), f"{rundir}/owner"]]
+    prepare = [["mkdir", "-p", f"{host.workdir}/{RUN_DIR}"], ["mkdir", "-m", "0700", rundir],
+               ["sh", "-c", 'printf "%s\\n" "$1" > "$2"', "owner", owner.line(),
+                f"{rundir}/owner"]]
     for disk in spec.disks:
         if disk.path:
             bases.append("")
@@ -279,6 +284,12 @@ def start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, se
     script = " && ".join(shlex.join(step) for step in prepare)
     host.run(["mkdir", "-p", f"{host.workdir}/cache"], timeout=30)
     host.run(script, timeout=120)
+    if spec.cloud_init:
+        local = tempfile.mkdtemp(prefix="pytest-kvm-seed-")
+        try:
+            host.transport.put(nocloud_seed(spec.cloud_init, local), seed, mode=0o600)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
     guest = Guest(host, spec, rundir, proc_name, rendered.argv, accel)
     r = host.run(["sh", "-c", LAUNCH, "launch", rundir, *rendered.argv], check=False,
                  timeout=60)

@@ -171,3 +171,39 @@ def test_files_the_l1_cannot_see_are_uploaded(lab1, tmp_path):
     assert remote.startswith(lab1.workdir + "/cache/")
     assert lab1.run(["cat", remote]).stdout == "y" * 1000
     os.remove(visible)
+
+
+STACK = """
+set -e
+ip link add pk-bond type bond mode active-backup
+ip link set "$1" down
+ip link set "$1" master pk-bond
+ip link add link pk-bond name pk-vlan type vlan id 42
+ip link add pk-br type bridge
+ip link set pk-vlan master pk-br
+ip link add link pk-br name pk-mv type macvlan mode bridge
+for l in pk-bond pk-vlan pk-br pk-mv; do ip link set "$l" up; done
+ip addr add 192.0.2.1/24 dev pk-mv
+"""
+UNSTACK = "for l in pk-mv pk-br pk-vlan pk-bond; do ip link del $l 2>/dev/null; done; true"
+
+
+def test_the_management_guard_sees_through_bridges_bonds_vlans_and_macvlans(lab1):
+    """The e1000e under a macvlan on a bridge on a VLAN on a bond (real kernel devices in the
+    L1): once the default route goes over that stack, the e1000e is management and refused."""
+    ifname = lab1.run(["ls", f"/sys/bus/pci/devices/{NIC}/net"]).stdout.split()[0]
+    lab1.run(["modprobe", "-a", "bonding", "8021q", "bridge", "macvlan"], timeout=60)
+    try:
+        lab1.run(["sh", "-c", STACK, "stack", ifname], timeout=60)
+        assert vfio.management_devices(lab1, "pk-mv") == {MGMT, NIC}
+        assert vfio.management_devices(lab1) == {MGMT}  # not (yet) carrying management
+        # a default route over the stack (the SSH session keeps its own, on the mgmt NIC)
+        lab1.run(["ip", "route", "add", "default", "via", "192.0.2.2", "dev", "pk-mv",
+                  "metric", "5000"])
+        with pytest.raises(vfio.PassthroughError, match="carries the host's management"):
+            vfio.bind_vfio(lab1, NIC)
+        assert vfio.driver_of(lab1, NIC) == "e1000e"
+    finally:
+        lab1.run(["sh", "-c", UNSTACK], check=False, timeout=60)
+        lab1.run(["ip", "link", "set", ifname, "up"], check=False)
+    assert vfio.management_devices(lab1) == {MGMT}

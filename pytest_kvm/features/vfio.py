@@ -4,23 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import remote
 from ..host import Change, Host, HostChangeError
-
-# Devices carrying the host's management connection (the SSH session's interface and the
-# default route's), as PCI addresses.
-MANAGEMENT = r"""
-ifs=$(ip -o route show default 2>/dev/null | sed -n 's/.* dev \([^ ]*\).*/\1/p')
-if [ -n "$SSH_CONNECTION" ]; then
-  set -- $SSH_CONNECTION
-  ifs="$ifs $(ip -o route get "$1" 2>/dev/null | sed -n 's/.* dev \([^ ]*\).*/\1/p')"
-fi
-# The PCI function behind each interface (for virtio-net the link is virtioN, under it).
-for i in $ifs; do
-  readlink -f "/sys/class/net/$i/device" 2>/dev/null | tr / '\n' |
-    grep -E '^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$' | tail -n1
-done
-true
-"""
 
 BIND = r"""
 set -e
@@ -67,8 +52,11 @@ class Binding(Change):
         return f"{self.bdf} back to {self.original_driver or 'no driver'}"
 
 
-def management_devices(host: Host) -> set[str]:
-    return set(host.run(["sh", "-c", MANAGEMENT], timeout=30).stdout.split())
+def management_devices(host: Host, *interfaces: str) -> set[str]:
+    """PCI functions under the host's management connection (default routes, the SSH
+    session, and ``interfaces``), through bridges, bonds, VLANs, macvlans and teams."""
+    return set(host.run(remote.argv("management-devices", *interfaces), timeout=30)
+               .stdout.split())
 
 
 def check_allowed(host: Host, bdf: str) -> None:

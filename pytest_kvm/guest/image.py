@@ -38,6 +38,8 @@ MODULES = (
     "virtio_rng", "9p", "9pnet_virtio", "kvm", "kvm_intel", "kvm_amd", "vfio", "vfio_pci",
     "vfio_iommu_type1", "igb", "igbvf", "nvme", "e1000e", "sd_mod", "crc32c_generic", "ext4",
     "isofs", "overlay",
+    # stacked network devices (a nested host's management NIC under a bridge, bond or VLAN)
+    "bonding", "8021q", "bridge", "macvlan",
 )
 
 INIT = r"""#!/bin/busybox sh

@@ -20,7 +20,10 @@ pytestmark = [pytest.mark.kvm_suite("sriov"), pytest.mark.kvm_devices("kvm_sriov
 @pytest.fixture(scope="module")
 def pf(kvm_host, kvm_pci, kvm_device_lease):
     """The PF (leased), with its settings saved first and restored at the end of the module."""
-    state = sriov.save(kvm_host, kvm_pci)
+    try:
+        state = sriov.save(kvm_host, kvm_pci, reset=kvm_host.entry.config.sriov_reset)
+    except sriov.PfInUse as exc:
+        pytest.skip(str(exc))
     # VFs meant for vfio-pci must not be grabbed by the VF driver on creation.
     kvm_host.write(f"/sys/bus/pci/devices/{kvm_pci}/sriov_drivers_autoprobe", "0")
     yield kvm_pci

@@ -207,3 +207,23 @@ def test_the_management_guard_sees_through_bridges_bonds_vlans_and_macvlans(lab1
         lab1.run(["sh", "-c", UNSTACK], check=False, timeout=60)
         lab1.run(["ip", "link", "set", ifname, "up"], check=False)
     assert vfio.management_devices(lab1) == {MGMT}
+
+
+def test_a_pf_whose_vfs_are_in_use_is_not_reset(lab1):
+    pf = f"/sys/bus/pci/devices/{PF}"
+    lab1.run(["modprobe", "igbvf"], timeout=60)  # the VF driver, there to grab new VFs
+    lab1.run(["sh", "-c", f"echo 1 > {pf}/sriov_drivers_autoprobe && echo 2 > {pf}/sriov_numvfs"],
+             timeout=120)
+    try:
+        used = sriov.vfs_in_use(lab1, PF)
+        assert len(used) == 2 and all("(igbvf)" in u for u in used), used
+        with pytest.raises(sriov.PfInUse, match="has VFs in use by something else: 0000:01:10.0 "
+                                                r"\(igbvf\)"):
+            sriov.save(lab1, PF)
+        assert sriov.numvfs(lab1, PF) == 2  # untouched
+        state = sriov.save(lab1, PF, reset=True)  # kvm_sriov_reset=yes
+        assert state.numvfs == 2
+        state.restore()  # journalled: marked done
+    finally:
+        lab1.run(["sh", "-c", f"echo 0 > {pf}/sriov_numvfs"], timeout=120)
+    assert sriov.vfs(lab1, PF) == []

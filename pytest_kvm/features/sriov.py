@@ -54,9 +54,30 @@ def numvfs(host: Host, pf: str) -> int:
     return int(host.read(f"{_pf(pf)}/sriov_numvfs", "0") or 0)
 
 
-def save(host: Host, pf: str) -> PfState:
-    """Remember the PF's numvfs and drivers_autoprobe (check that we may touch it first)."""
+class PfInUse(SriovError):
+    """The PF already has VFs that a driver (so something else) is using."""
+
+
+def vfs_in_use(host: Host, pf: str) -> list[str]:
+    """The PF's VFs that a driver is bound to, as ``bdf (driver)``."""
+    out = []
+    for vf in vfs(host, pf):
+        r = host.run(["readlink", f"/sys/bus/pci/devices/{vf}/driver"], check=False, timeout=30)
+        if r.ok and r.stdout.strip():
+            out.append(f"{vf} ({r.stdout.strip().rsplit('/', 1)[-1]})")
+    return out
+
+
+def save(host: Host, pf: str, reset: bool = False) -> PfState:
+    """Remember the PF's numvfs and drivers_autoprobe (check that we may touch it first).
+
+    A PF whose VFs are in use by something else is not reset (PfInUse) unless ``reset``.
+    """
     check_allowed(host, pf)
+    used = vfs_in_use(host, pf) if numvfs(host, pf) else []
+    if used and not reset:
+        raise PfInUse(f"{host.name}: {pf} has VFs in use by something else: {', '.join(used)}; "
+                      "pytest-kvm does not reset it (set kvm_sriov_reset=yes to allow it)")
     state = PfState(host, pf, numvfs(host, pf),
                     host.read(f"{_pf(pf)}/sriov_drivers_autoprobe", "1"))
     state.record()

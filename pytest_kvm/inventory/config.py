@@ -258,6 +258,9 @@ KEYS: dict[str, Key] = {
                            "through (comma-separated, or a YAML list)"),
     "kvm_sriov_pf": Key("sriov_pf", _bdf_list, "PCI addresses of SR-IOV PFs to use "
                         "(comma-separated, or a YAML list)"),
+    "kvm_sriov_reset": Key("sriov_reset", _bool, "yes: the SR-IOV suite may reset a PF whose "
+                           "VFs are in use by something else (default no: such a PF is "
+                           "skipped)"),
     "kvm_shared_storage": Key("shared_storage", _abspath, "a directory every migration peer "
                               "sees (NFS)"),
     "kvm_parent": Key("parent", _text, "inventory host that runs this host as a nested L1 "
@@ -330,6 +333,7 @@ class HostConfig:
     qemu: str = "qemu-system-x86_64"
     passthrough: tuple[str, ...] = ()
     sriov_pf: tuple[str, ...] = ()
+    sriov_reset: bool = False
     shared_storage: str | None = None
     parent: str | None = None
     l1_cpu: str | None = None

@@ -270,6 +270,21 @@ def kvm_pair(request, kvm_session):
 
 
 @pytest.fixture(scope="module")
+def kvm_migration_tls(kvm_pair):
+    """TLS credentials for the pair's migrations (a per-run CA and certificates) when either
+    host says ``kvm_migration_tls=yes``; else None."""
+    src, dst = kvm_pair
+    if not (src.entry.config.migration_tls or dst.entry.config.migration_tls):
+        yield None
+        return
+    from .features.migration import MigrationTls
+
+    tls = MigrationTls(sorted({migration_address(src), migration_address(dst)}))
+    yield tls
+    tls.close()
+
+
+@pytest.fixture(scope="module")
 def kvm_device_lease(kvm_host, kvm_pci, kvm_session):
     """Exclusive use of the module's PCI device (kvm_pci) on its host across xdist workers."""
     with kvm_session.leases.hold(f"{kvm_host.name}-{kvm_pci}"):

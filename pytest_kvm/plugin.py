@@ -26,6 +26,7 @@ from .fixtures import (  # noqa: F401 - fixtures are registered by being here
     guest_spec,
     kvm_device_lease,
     kvm_host,
+    kvm_migration_tls,
     kvm_pair,
     kvm_session,
     module_guest_factory,

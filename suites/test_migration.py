@@ -53,8 +53,9 @@ def shared_dir(kvm_pair):
 class Run:
     """One variant's migration(s), done once and checked by many tests."""
 
-    def __init__(self, variant, src, dst, factory, shared_dir_path=None):
+    def __init__(self, variant, src, dst, factory, shared_dir_path=None, tls=None):
         self.variant, self.src, self.dst, self.factory = variant, src, dst, factory
+        self.tls = tls
         self.watch = mig.CounterWatch()
         self.watches = [self.watch]  # watch k reads QEMU process k ("source") and k+1
         self.processes = [src.name]
@@ -91,10 +92,10 @@ class Run:
         self.watch.attach(dest, "destination")
         address = migration_address(to_host)
         if self.storage == "copy":
-            mig.mirror_storage(source, dest, address, port())
+            mig.mirror_storage(source, dest, address, port(), tls=self.tls)
         started = time.monotonic()
         with reporting.step(f"migrate {source.host.name} -> {to_host.name}"):
-            result = mig.migrate(source, dest, address, port(),
+            result = mig.migrate(source, dest, address, port(), tls=self.tls,
                                  auto_converge=self.variant == "dirty-memory")
         self.windows.append((started, time.monotonic(), f"hop {len(self.hops) + 1}"))
         self.processes.append(to_host.name)
@@ -133,7 +134,7 @@ class Run:
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
-def migrated(request, kvm_pair, module_guest_factory):
+def migrated(request, kvm_pair, module_guest_factory, kvm_migration_tls):
     src, dst = kvm_pair
     shared = None
     if request.param != "copy-storage":
@@ -142,7 +143,7 @@ def migrated(request, kvm_pair, module_guest_factory):
         except pytest.skip.Exception:
             if request.param == "shared-storage":
                 raise
-    run = Run(request.param, src, dst, module_guest_factory, shared)
+    run = Run(request.param, src, dst, module_guest_factory, shared, kvm_migration_tls)
     yield run
     run.watch.close()
     for host, path in run.cleanup:
@@ -199,3 +200,11 @@ def test_measured(migrated, record_property):
         assert hop.total_time_ms > 0 and hop.transferred_bytes > 0
         assert hop.guest_gap_ms > 0
         assert hop.downtime_ms >= 0
+
+
+def test_tls_where_the_inventory_asks(migrated):
+    """kvm_migration_tls=yes: every hop went over TLS, and the destination QEMU requires it."""
+    wanted = migrated.tls is not None
+    assert [hop.tls for hop in migrated.hops] == [wanted] * len(migrated.hops)
+    creds = migrated.guest.qmp.execute("query-migrate-parameters").get("tls-creds", "")
+    assert creds == ("tls0" if wanted else "")

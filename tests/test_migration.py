@@ -106,3 +106,35 @@ def test_timeout_cancels_and_says_so(session, hosts):
     finally:
         dst.stop()
         src.stop()
+
+
+def test_tls_migration_and_mirror_between_namespaced_hosts(rig, tmp_path):
+    """kvm_migration_tls=yes: the suite's shared- and copy-storage variants over TLS."""
+    shutil.copy(Path(__file__).parent.parent / "suites" / "test_migration.py", tmp_path)
+    (tmp_path / "hosts.ini").write_text(rig.inventory(
+        extra=f"kvm_shared_storage={rig.dir}/shared\nkvm_migration_tls=yes",
+        host_vars={"host1": {"kvm_migration_peer": "host2"},
+                   "host2": {"kvm_suites": "virtio"}}))
+    (Path(rig.dir) / "shared").mkdir(exist_ok=True)
+    r = pytest_run(["--hosts", "hosts.ini", "-v", "-k", "shared or copy"], tmp_path, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "test_tls_where_the_inventory_asks[host1-to-host2-copy-storage] PASSED" in r.stdout
+    assert "test_disk_contents_moved[host1-to-host2-copy-storage] PASSED" in r.stdout
+
+
+def test_a_source_without_tls_cannot_migrate_to_a_tls_destination(session, hosts):
+    """The destination requires TLS: a plain stream is refused (TLS is enforced, not offered)."""
+    h1, h2 = hosts
+    tls = mig.MigrationTls([migration_address(h2)])
+    src = session.start_guest(h1, SPEC, "tls-src")
+    dst = session.start_guest(h2, SPEC.with_(incoming="defer"), "tls-dst", wait=False)
+    try:
+        mig._tls_creds(dst, tls, "server")
+        dst.qmp.execute("migrate-set-parameters", tls_creds="tls0")
+        port = random.randrange(40000, 60000)
+        with pytest.raises(mig.MigrationError, match="ended 'failed'"):
+            mig.migrate(src, dst, migration_address(h2), port, timeout=60)
+    finally:
+        for g in (src, dst):
+            g.stop()
+        tls.close()

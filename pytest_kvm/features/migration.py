@@ -11,6 +11,8 @@ number once, in order.
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import threading
 import time
@@ -19,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from ..errors import KvmError
 from ..guest import Guest
 from ..host import Host
+
+log = logging.getLogger("pytest_kvm.migration")
 
 COUNTER = ("sh -c 'i=0; while true; do i=$((i+1)); "
            "echo \"PKVM-COUNT $i $$ $(cut -d\" \" -f1 /proc/uptime)\" | tee -a /tmp/counter.log; "
@@ -115,6 +119,7 @@ class Migration:
     throughput_mbps: float = 0.0
     guest_gap_ms: int = 0
     storage: str = "none"
+    tls: bool = False
     extra: dict = field(default_factory=dict)
 
     def properties(self) -> dict:
@@ -151,7 +156,7 @@ def listen_uri(address: str, port: int) -> str:
 
 def migrate(source: Guest, destination: Guest, address: str, port: int, *,
             timeout: float = 120.0, auto_converge: bool = False,
-            max_bandwidth: int | None = None) -> Migration:
+            max_bandwidth: int | None = None, tls: MigrationTls | None = None) -> Migration:
     """Migrate over QMP: the destination listens (migrate-incoming), the source sends.
 
     Waits for completion with a timeout; on timeout the migration is cancelled and the error
@@ -160,6 +165,13 @@ def migrate(source: Guest, destination: Guest, address: str, port: int, *,
     result = Migration(source.host.name, destination.host.name,
                        source.host.name == destination.host.name)
     uri = listen_uri(address, port)
+    if tls is not None:  # both ends must agree, or the migration fails
+        for guest, endpoint in ((destination, "server"), (source, "client")):
+            creds = _tls_creds(guest, tls, endpoint)
+            params = {"tls_creds": creds}
+            if endpoint == "client":
+                params["tls_hostname"] = address
+            guest.qmp.execute("migrate-set-parameters", **params)
     destination.qmp.execute("migrate-incoming", uri=uri)
     caps = [{"capability": "events", "state": True},
             {"capability": "auto-converge", "state": auto_converge}]
@@ -190,6 +202,7 @@ def migrate(source: Guest, destination: Guest, address: str, port: int, *,
         raise MigrationError(f"migration {source.host.name} -> {destination.host.name} {detail}")
     ram = info.get("ram", {})
     result.status = status
+    result.tls = tls is not None
     result.total_time_ms = int(info.get("total-time", 0))
     result.downtime_ms = int(info.get("downtime", 0))
     result.setup_time_ms = int(info.get("setup-time", 0))
@@ -228,8 +241,17 @@ def shared_storage_works(src: Host, dst: Host, path: str) -> str | None:
     return None
 
 
+def _tls_creds(guest: Guest, tls: MigrationTls, endpoint: str) -> str:
+    """The guest's TLS credentials object, added once."""
+    if getattr(guest, "_tls_endpoint", None) != endpoint:
+        tls.install(guest, endpoint)
+        guest._tls_endpoint = endpoint  # noqa: SLF001 - remembered on the guest it belongs to
+    return MigrationTls.CREDS
+
+
 def mirror_storage(source: Guest, destination: Guest, address: str, port: int,
-                   node: str = "disk0", timeout: float = 300.0) -> None:
+                   node: str = "disk0", timeout: float = 300.0,
+                   tls: MigrationTls | None = None) -> None:
     """Copy the source's top disk layer into the destination's disk over NBD (as libvirt's
     copy-storage does); returns once the mirror is ready (in sync)."""
     import secrets
@@ -237,13 +259,19 @@ def mirror_storage(source: Guest, destination: Guest, address: str, port: int,
     # The server listens on the migration address only, and the export has a name nobody can
     # guess (another user of the network cannot write into the guest's disk by name).
     export = f"pytest-kvm-{secrets.token_hex(12)}"
+    server: dict = {}
+    client: dict = {}
+    if tls is not None:
+        server["tls_creds"] = _tls_creds(destination, tls, "server")
+        client = {"tls_creds": _tls_creds(source, tls, "client"), "tls_hostname": address}
     destination.qmp.execute("nbd-server-start",
-                            addr={"type": "inet", "data": {"host": address, "port": str(port)}})
+                            addr={"type": "inet", "data": {"host": address, "port": str(port)}},
+                            **server)
     destination.qmp.execute("block-export-add", type="nbd", id="mig-" + node, node_name=node,
                             name=export, writable=True)
     source.qmp.execute("blockdev-add", driver="nbd", node_name="mirror-" + node,
                        server={"type": "inet", "host": address, "port": str(port)},
-                       export=export)
+                       export=export, **client)
     source.qmp.execute("blockdev-mirror", job_id="mirror-" + node, device=node,
                        target="mirror-" + node, sync="top")
     source.qmp.event("BLOCK_JOB_READY", timeout=timeout)
@@ -254,3 +282,91 @@ def finish_mirror(source: Guest, destination: Guest, node: str = "disk0") -> Non
     source.qmp.execute("block-job-cancel", device="mirror-" + node)
     source.qmp.event("BLOCK_JOB_COMPLETED", timeout=60)
     destination.qmp.execute("nbd-server-stop")
+
+
+# -- TLS (kvm_migration_tls) ------------------------------------------------------------------
+class MigrationTls:
+    """A per-run CA and certificates for QEMU's ``tls-creds-x509``: the destination's server
+    certificate names its migration address, both sides verify the peer. Migration streams and
+    the NBD storage mirror then go encrypted and authenticated. Keys stay 0600 in a private
+    temp dir on the controller and in each guest's run dir on the hosts."""
+
+    CREDS = "tls0"
+
+    def __init__(self, addresses: list[str]):
+        import datetime
+        import ipaddress
+        import tempfile
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        self.dir = tempfile.mkdtemp(prefix="pytest-kvm-tls-")
+        now = datetime.datetime.now(datetime.UTC)
+        day = datetime.timedelta(days=1)
+
+        def name(cn: str) -> x509.Name:
+            return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+        def write(filename: str, data: bytes) -> None:
+            fd = os.open(os.path.join(self.dir, filename), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                         0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca = (x509.CertificateBuilder().subject_name(name("pytest-kvm run CA"))
+              .issuer_name(name("pytest-kvm run CA")).public_key(ca_key.public_key())
+              .serial_number(x509.random_serial_number())
+              .not_valid_before(now - day).not_valid_after(now + day)
+              .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+              .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
+                                           False), critical=True)
+              .sign(ca_key, hashes.SHA256()))
+        write("ca-cert.pem", ca.public_bytes(serialization.Encoding.PEM))
+        sans: list[x509.GeneralName] = []
+        for address in addresses:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(address)))
+            except ValueError:
+                sans.append(x509.DNSName(address))
+        for endpoint, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH),
+                                ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
+            key = ec.generate_private_key(ec.SECP256R1())
+            builder = (x509.CertificateBuilder().subject_name(name(f"pytest-kvm {endpoint}"))
+                       .issuer_name(ca.subject).public_key(key.public_key())
+                       .serial_number(x509.random_serial_number())
+                       .not_valid_before(now - day).not_valid_after(now + day)
+                       .add_extension(x509.BasicConstraints(ca=False, path_length=None),
+                                      critical=True)
+                       .add_extension(x509.KeyUsage(True, False, True, False, False, False,
+                                                    False, False, False), critical=True)
+                       .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+            if endpoint == "server":
+                builder = builder.add_extension(x509.SubjectAlternativeName(sans),
+                                                critical=False)
+            cert = builder.sign(ca_key, hashes.SHA256())
+            write(f"{endpoint}-cert.pem", cert.public_bytes(serialization.Encoding.PEM))
+            write(f"{endpoint}-key.pem", key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption()))
+        log.info("migration TLS: a run CA and certificates for %s", ", ".join(addresses))
+
+    def install(self, guest: Guest, endpoint: str) -> str:
+        """Give the guest's QEMU the credentials of one endpoint (server: the destination);
+        returns the credentials' object id."""
+        folder = f"{guest.rundir}/tls"
+        guest.host.run(["mkdir", "-m", "0700", folder], timeout=30)
+        for filename in ("ca-cert.pem", f"{endpoint}-cert.pem", f"{endpoint}-key.pem"):
+            guest.host.transport.put(os.path.join(self.dir, filename), f"{folder}/{filename}",
+                                     mode=0o600)
+        guest.qmp.execute("object-add", qom_type="tls-creds-x509", id=self.CREDS, dir=folder,
+                          endpoint=endpoint, verify_peer=True)
+        return self.CREDS
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)

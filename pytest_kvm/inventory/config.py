@@ -284,6 +284,9 @@ KEYS: dict[str, Key] = {
     "kvm_migration_address": Key("migration_address", _address, "address peers send migration "
                                  "streams to (default: ansible_host, or 127.0.0.1 for a local "
                                  "host)"),
+    "kvm_migration_tls": Key("migration_tls", _bool, "yes: migrations to and from this host, "
+                             "and their NBD storage mirror, use TLS (QEMU tls-creds-x509, a "
+                             "per-run CA and certificates; default no)"),
     "kvm_known_hosts": Key("known_hosts", _text, "known_hosts file for host keys (default "
                            "~/.ssh/known_hosts)"),
     "kvm_host_key": Key("host_key", _choice("strict", "accept-new"),
@@ -345,6 +348,7 @@ class HostConfig:
     suites: tuple[str, ...] = SUITES
     migration_peer: str | None = None
     migration_address: str | None = None
+    migration_tls: bool = False
     guest_kernel: str | None = None
     guest_modules: str | None = None
     guest_image: str | None = None

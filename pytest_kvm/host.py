@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import re
-import shlex
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -19,47 +18,6 @@ from .transport import Transport, forwarded
 
 log = logging.getLogger("pytest_kvm.host")
 
-# One round trip: everything a suite needs to decide what it can check on this host.
-# Positional arguments are the PCI addresses the inventory names; $QEMU the binary.
-PROBE = r"""
-q=${QEMU:-qemu-system-x86_64}
-echo "kernel=$(uname -r)"
-echo "arch=$(uname -m)"
-echo "cpu_vendor=$(sed -n 's/^vendor_id[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
-echo "cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
-virt=
-for f in $(sed -n 's/^flags[[:space:]]*: //p' /proc/cpuinfo | head -n1); do
-  case $f in vmx|svm) virt=$f;; esac
-done
-echo "virt_flag=$virt"
-echo "cpus=$(getconf _NPROCESSORS_ONLN)"
-echo "mem_kb=$(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo)"
-mods=
-for m in kvm kvm_intel kvm_amd kvm_pvm vfio_pci; do [ -d /sys/module/$m ] && mods="$mods$m,"; done
-echo "modules=$mods"
-for m in kvm_intel kvm_amd; do
-  [ -r /sys/module/$m/parameters/nested ] && echo "nested_$m=$(cat /sys/module/$m/parameters/nested)"
-done
-[ -c /dev/kvm ] && echo "dev_kvm=1"
-echo "iommu_groups=$(ls /sys/kernel/iommu_groups 2>/dev/null | wc -l)"
-echo "socat=$(command -v socat)"
-qp=$(command -v "$q")
-echo "qemu_path=$qp"
-if [ -n "$qp" ]; then
-  echo "qemu_version=$("$qp" --version | sed -n '1s/.*version \([0-9.]*\).*/\1/p')"
-  echo "qemu_devices=$("$qp" -device help 2>/dev/null | sed -n 's/^name "\([^"]*\)".*/\1/p' | tr '\n' ',')"
-fi
-for bdf in "$@"; do
-  d=/sys/bus/pci/devices/$bdf
-  if [ -d "$d" ]; then
-    drv=; [ -e "$d/driver" ] && drv=$(basename "$(readlink "$d/driver")")
-    grp=; [ -e "$d/iommu_group" ] && grp=$(basename "$(readlink "$d/iommu_group")")
-    echo "pci $bdf vendor=$(cat "$d/vendor") device=$(cat "$d/device") driver=$drv iommu_group=$grp totalvfs=$(cat "$d/sriov_totalvfs" 2>/dev/null) numvfs=$(cat "$d/sriov_numvfs" 2>/dev/null)"
-  else
-    echo "pci $bdf missing=1"
-  fi
-done
-"""
 
 
 @dataclass(frozen=True)
@@ -391,7 +349,7 @@ class Host:
 
     @functools.cached_property
     def facts(self) -> Facts:
-        result = self.run(["sh", "-c", PROBE, "probe", *self.named_devices],
+        result = self.run(remote.argv("host-probe", *self.named_devices),
                           env={"QEMU": self.qemu}, timeout=60)
         return parse_facts(result.stdout)
 
@@ -463,8 +421,7 @@ class Host:
             raise KvmError(f"{self.name}: not a socket name pytest-kvm uses: {name!r}")
         # socat reads ',' and ':' in an address as its own syntax: the directory (which holds
         # the work dir, any path) is never part of the address, only our socket's name.
-        return self.transport.open_stream(
-            ["sh", "-c", 'cd "$1" && exec socat - "UNIX-CONNECT:$2"', "socat", folder, name])
+        return self.transport.open_stream(remote.argv("socat-unix", folder, name))
 
     def forwarded_host(self, entry: HostEntry, port: int, key_file: str,
                        known_hosts: str) -> Host:
@@ -478,8 +435,7 @@ class Host:
         return result.stdout.strip() if result.ok else default
 
     def write(self, path: str, value: str) -> None:
-        self.run(f"printf %s {shlex.quote(value)} > {shlex.quote(path)}", become=True,
-                 timeout=60)
+        self.run(remote.argv("write", value, path), become=True, timeout=60)
 
     def module_loaded(self, module: str) -> bool:
         return self.run(["test", "-d", f"/sys/module/{module}"], check=False, timeout=30).ok

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from . import inventory as inv
-from . import reporting
+from . import remote, reporting
 from .errors import InventoryError, KvmError
 from .fixtures import (  # noqa: F401 - fixtures are registered by being here
     FAILED_KEY,
@@ -314,9 +314,8 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         since = item.stash.get(UPTIME_KEY, {}).get(host.name)
         if since is None or host.down:
             continue
-        r = _best_effort(host.run, ["sh", "-c", "dmesg | awk -v s=\"$1\" "
-                         "'{t=$0; sub(/^\\[ */,\"\",t); sub(/\\].*/,\"\",t); if (t+0 >= s) print}'",
-                         "dmesg", str(since)], become=True, check=False, timeout=30)
+        r = _best_effort(host.run, remote.argv("dmesg-since", str(since)), become=True,
+                         check=False, timeout=30)
         text = r if isinstance(r, str) else (r.stdout or "(nothing new)")
         reporting.attach_text(f"host {host.name} dmesg since the check began", text)
 

@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
+from .. import remote
 from ..errors import KvmError
 from ..guest import Guest
 from ..host import Host
@@ -230,7 +231,7 @@ def shared_storage_works(src: Host, dst: Host, path: str) -> str | None:
     token = secrets.token_hex(8)
     probe = f"{path}/.pytest-kvm-probe-{token}"
     try:
-        src.run(["sh", "-c", 'printf %s "$1" > "$2"', "probe", token, probe], timeout=30)
+        src.run(remote.argv("write", token, probe), timeout=30)
         seen = dst.run(["cat", probe], check=False, timeout=30).stdout
     except KvmError as exc:
         return f"{src.name}: cannot write to {path}: {exc}"

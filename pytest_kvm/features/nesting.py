@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from .. import remote
 from ..errors import KvmError
 from ..guest import Guest, GuestError, GuestSpec
 from ..host import Host
@@ -141,12 +142,6 @@ def provision(parent: Host, entry: HostEntry, opts: L1Options, keydir: str,
         raise
 
 
-EXPANSION = r"""
-printf '%s\n' '{"execute":"qmp_capabilities"}' \
-  '{"execute":"query-cpu-model-expansion","arguments":{"type":"full","model":{"name":"'"$2"'"}}}' \
-  '{"execute":"quit"}' |
-  timeout 60 "$1" -machine none -accel tcg -nodefaults -display none -qmp stdio
-"""
 
 
 def nesting_problem(host: Host) -> str | None:
@@ -162,7 +157,7 @@ def nesting_problem(host: Host) -> str | None:
                     f"{facts.nested.get(module, '?')}); fix: modprobe -r {module}; "
                     f"modprobe {module} nested=1")
         return None
-    r = host.run(["sh", "-c", EXPANSION, "expand", host.qemu, "max"], timeout=90, check=False)
+    r = host.run(remote.argv("qemu-cpu-expansion", host.qemu, "max"), timeout=90, check=False)
     props: dict = {}
     for line in r.stdout.splitlines():
         if '"return"' in line and "model" in line:

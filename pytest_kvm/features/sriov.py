@@ -5,21 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .. import remote
 from ..host import Change, Host, HostChangeError
 from .vfio import check_allowed
-
-SET_NUMVFS = r"""
-d=/sys/bus/pci/devices/$1
-cur=$(cat "$d/sriov_numvfs")
-[ "$cur" = "$2" ] && exit 0
-[ "$cur" != 0 ] && echo 0 > "$d/sriov_numvfs"
-echo "$2" > "$d/sriov_numvfs"
-"""
-
-VFS = r"""
-for l in /sys/bus/pci/devices/$1/virtfn*; do [ -e "$l" ] && echo "${l##*virtfn} $(readlink -f "$l")"; done
-true
-"""
 
 
 class SriovError(HostChangeError):
@@ -86,7 +74,7 @@ def save(host: Host, pf: str, reset: bool = False) -> PfState:
 
 def set_numvfs(host: Host, pf: str, count: int) -> None:
     """Write sriov_numvfs (through 0 when it changes from one non-zero count to another)."""
-    r = host.run(["sh", "-c", SET_NUMVFS, "numvfs", pf, str(count)], become=True, check=False,
+    r = host.run(remote.argv("sriov-set-numvfs", pf, str(count)), become=True, check=False,
                  timeout=120)
     if not r.ok:
         raise SriovError(f"{host.name}: setting sriov_numvfs of {pf} to {count} failed: "
@@ -95,7 +83,7 @@ def set_numvfs(host: Host, pf: str, count: int) -> None:
 
 def vfs(host: Host, pf: str) -> list[str]:
     """The PF's VFs, from its virtfn* links, in VF order."""
-    out = host.run(["sh", "-c", VFS, "vfs", pf], timeout=30).stdout
+    out = host.run(remote.argv("sriov-vfs", pf), timeout=30).stdout
     pairs = sorted((int(i), path.rsplit("/", 1)[-1]) for i, path in
                    (line.split() for line in out.splitlines() if line.strip()))
     return [bdf for _, bdf in pairs]

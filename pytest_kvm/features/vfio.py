@@ -7,33 +7,11 @@ from dataclasses import dataclass
 from .. import remote
 from ..host import Change, Host, HostChangeError
 
-BIND = r"""
-set -e
-d=/sys/bus/pci/devices/$1
-[ -d "$d" ] || { echo "no PCI device $1"; exit 3; }
-modprobe vfio-pci 2>/dev/null || true
-drv=; [ -e "$d/driver" ] && drv=$(basename "$(readlink "$d/driver")")
-override=$(cat "$d/driver_override")
-echo "driver=$drv"
-echo "override=$override"
-[ "$drv" = vfio-pci ] && exit 0
-echo vfio-pci > "$d/driver_override"
-[ -n "$drv" ] && echo "$1" > "$d/driver/unbind"
-echo "$1" > /sys/bus/pci/drivers_probe
-[ "$(basename "$(readlink "$d/driver")")" = vfio-pci ] || { echo "vfio-pci did not bind"; exit 4; }
-"""
 
 class PassthroughError(HostChangeError):
     pass
 
 
-STATE = r"""
-d=/sys/bus/pci/devices/$1
-[ -d "$d" ] || { echo "no PCI device $1"; exit 3; }
-drv=; [ -e "$d/driver" ] && drv=$(basename "$(readlink "$d/driver")")
-echo "driver=$drv"
-echo "override=$(cat "$d/driver_override")"
-"""
 
 
 @dataclass
@@ -71,8 +49,7 @@ def check_allowed(host: Host, bdf: str) -> None:
 
 def iommu_group(host: Host, bdf: str) -> tuple[str, list[str]]:
     """(group number, every device in the group) for a device; ('', []) without an IOMMU."""
-    r = host.run(["sh", "-c", 'g=$(readlink -f "/sys/bus/pci/devices/$1/iommu_group") && [ -d "$g" ] || exit 0; '
-                  'echo "${g##*/}"; ls "$g/devices"', "group", bdf], timeout=30)
+    r = host.run(remote.argv("iommu-group", bdf), timeout=30)
     lines = r.stdout.split()
     return (lines[0], sorted(lines[1:])) if lines else ("", [])
 
@@ -92,13 +69,13 @@ def bind_vfio(host: Host, bdf: str, check: bool = True) -> Binding:
     """Bind a named device to vfio-pci via driver_override, remembering its driver."""
     if check:
         check_allowed(host, bdf)
-    state = host.run(["sh", "-c", STATE, "state", bdf], check=False, timeout=30)
+    state = host.run(remote.argv("pci-state", bdf), check=False, timeout=30)
     if not state.ok:
         raise PassthroughError(f"{host.name}: {state.stdout.strip()}")
     values = dict(line.split("=", 1) for line in state.stdout.splitlines() if "=" in line)
     binding = Binding(host, bdf, values.get("driver", ""), values.get("override", "(null)"))
     binding.record()  # on the host before the change: a run that dies still gets it undone
-    r = host.run(["sh", "-c", BIND, "bind", bdf], become=True, check=False, timeout=120)
+    r = host.run(remote.argv("vfio-bind", bdf), become=True, check=False, timeout=120)
     if not r.ok:
         try:  # it may be half-way: put it back
             binding.restore()

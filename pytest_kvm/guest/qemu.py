@@ -10,6 +10,7 @@ import time
 
 import pexpect
 
+from .. import remote
 from ..errors import HostUnreachable, KvmError
 from ..host import Host, Owner, controller_id, process_start  # noqa: F401
 from .cloudinit import console_login, nocloud_seed
@@ -20,40 +21,9 @@ from .spec import GuestSpec, render
 
 RUN_DIR = "run"
 
-# Started detached in its own session, so the guest outlives the SSH channel; QEMU's stderr
-# goes to qemu.log. Returns once QEMU's sockets are up, or says that QEMU died.
-LAUNCH = r"""
-run=$1; shift
-cd "$run" || exit 2
-# QEMU's exit status goes to exit-status (a guest that dies on its own is explained by it)
-setsid sh -c '"$@"; echo $? >exit-status' qemu "$@" </dev/null >>qemu.log 2>&1 &
-child=$!
-i=0
-while [ $i -lt 600 ]; do
-  if [ -S q.sock ] && [ -S c.sock ] && [ -s qemu.pid ]; then echo "pid=$(cat qemu.pid)"; exit 0; fi
-  kill -0 $child 2>/dev/null || { echo died; exit 3; }
-  sleep 0.05; i=$((i+1))
-done
-echo slow; exit 4
-"""
-
-# Waits for a guest's QEMU to go (after a QMP quit), then TERM, then KILL, each bounded.
-# Only a process whose command line names this run dir is ever signalled.
-STOP = r"""
-run=$1; first=$2
-pid=$(cat "$run/qemu.pid" 2>/dev/null)
-ours() { [ -n "$pid" ] && tr '\0' ' ' </proc/$pid/cmdline 2>/dev/null | grep -qF -- "$run/"; }
-gone() { i=0; while ours; do [ $i -ge $1 ] && return 1; sleep 0.1; i=$((i+1)); done; }
-gone "$first" || { kill -TERM "$pid"; gone 50 || { kill -KILL "$pid"; gone 50; }; }
-if ours; then echo "QEMU $pid survived SIGKILL"; exit 1; fi
-[ "$3" = keep-dir ] && exit 0
-# QEMU's parent shell may still be writing exit-status into the run dir: retry briefly
-i=0; while ! rm -rf "$run" 2>/dev/null && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done
-[ ! -e "$run" ] || rm -rf "$run"
-"""
 
 
-ALIVE = r"""tr '\0' ' ' </proc/$1/cmdline 2>/dev/null | grep -qF -- "$2/" """
+
 
 
 class GuestError(KvmError):
@@ -150,7 +120,7 @@ class Guest:
         """Is this guest's QEMU running (a process whose command line names its run dir)?"""
         if self.pid is None:
             return False
-        return self.host.run(["sh", "-c", ALIVE, "alive", str(self.pid), self.rundir],
+        return self.host.run(remote.argv("qemu-alive", str(self.pid), self.rundir),
                              check=False, timeout=30).ok
 
     def read_log(self, which: str = "console.log", lines: int = 40) -> str:
@@ -235,8 +205,8 @@ class Guest:
                 except Exception:
                     pass
         self._console = self._qmp = None
-        r = self.host.run(["sh", "-c", STOP, "stop", self.rundir, str(first),
-                           "keep-dir" if keep_dir else ""], check=False, timeout=60)
+        r = self.host.run(remote.argv("qemu-stop", self.rundir, str(first),
+                           "keep-dir" if keep_dir else ""), check=False, timeout=60)
         self.stopped = True
         if not r.ok:
             raise GuestError(f"{self.host.name}/{self.spec.name}: could not stop QEMU: "
@@ -262,8 +232,7 @@ def start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, se
     proc_name = f"pytest-kvm-{owner.run_id}-{safe_name(label or spec.name)}"
     bases = []
     prepare = [["mkdir", "-p", f"{host.workdir}/{RUN_DIR}"], ["mkdir", "-m", "0700", rundir],
-               ["sh", "-c", 'printf "%s\\n" "$1" > "$2"', "owner", owner.line(),
-                f"{rundir}/owner"]]
+               remote.argv("write", owner.line() + "\n", f"{rundir}/owner")]
     for disk in spec.disks:
         if disk.path:
             bases.append("")
@@ -271,16 +240,14 @@ def start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, se
             bases.append(host.put_cached(disk.image))
         else:
             base = f"{host.workdir}/cache/blank-{disk.size}.qcow2"
-            prepare.append(["sh", "-c", '[ -f "$1" ] || { qemu-img create -q -f qcow2 "$1.$$" '
-                            '"$2" && mv -f "$1.$$" "$1"; }', "blank", base, disk.size])
+            prepare.append(remote.argv("blank-disk", base, disk.size))
             bases.append(base)
     rendered = render(spec, qemu=host.qemu, accel=accel, rundir=rundir, proc_name=proc_name,
                       kernel=kernel, initrd=initrd, disk_bases=bases, seed=seed)
     for overlay, base, fmt in rendered.overlays:
         prepare.append(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", base,
                         overlay])
-    prepare.append(["sh", "-c", 'printf "%s\\n" "$1" > "$2"', "cmdline",
-                    shlex.join(rendered.argv), f"{rundir}/cmdline"])
+    prepare.append(remote.argv("write", shlex.join(rendered.argv) + "\n", f"{rundir}/cmdline"))
     script = " && ".join(shlex.join(step) for step in prepare)
     host.run(["mkdir", "-p", f"{host.workdir}/cache"], timeout=30)
     host.run(script, timeout=120)
@@ -291,7 +258,7 @@ def start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, se
         finally:
             shutil.rmtree(local, ignore_errors=True)
     guest = Guest(host, spec, rundir, proc_name, rendered.argv, accel)
-    r = host.run(["sh", "-c", LAUNCH, "launch", rundir, *rendered.argv], check=False,
+    r = host.run(remote.argv("qemu-launch", rundir, *rendered.argv), check=False,
                  timeout=60)
     if r.stdout.startswith("pid="):
         guest.pid = int(r.stdout.strip().split("=", 1)[1])

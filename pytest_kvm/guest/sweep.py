@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from .. import remote
 from ..host import Host, list_owned
-from .qemu import RUN_DIR, STOP
+from .qemu import RUN_DIR
 
 
 def stale_runs(host: Host, current_run: str | None) -> list[str]:
@@ -17,7 +18,7 @@ def sweep(host: Host, current_run: str | None) -> list[str]:
     """Stop the QEMU of every stale run dir (TERM, then KILL) and remove the dirs."""
     swept = []
     for path in stale_runs(host, current_run):
-        r = host.run(["sh", "-c", STOP, "sweep", path, "0", ""], check=False, timeout=60)
+        r = host.run(remote.argv("qemu-stop", path, "0", ""), check=False, timeout=60)
         if r.ok:
             swept.append(path)
     return swept

@@ -253,3 +253,23 @@ def test_host_key_policies_that_check_nothing_are_refused(keys, expected):
     with pytest.raises(InventoryError) as exc:
         inventory.parse(f"[a]\nh1 {keys}\n", "hosts.ini")
     assert str(exc.value).startswith("hosts.ini:2: ") and expected in str(exc.value)
+
+
+def test_secrets_stay_out_of_tracebacks_junit_and_allure(rig, tmp_path):
+    """A failing check run with -l (locals in tracebacks), JUnit XML and Allure: the
+    inventory's passwords appear nowhere."""
+    secret, sudo_secret = "Sup3r-S3cret-pw", "Sud0-S3cret-pw"
+    (tmp_path / "hosts.ini").write_text(rig.inventory(
+        extra=f"ansible_password={secret}\nansible_become_password={sudo_secret}"))
+    (tmp_path / "test_it.py").write_text(
+        "def test_fails(kvm_host, kvm_session):\n"
+        "    entry = kvm_host.entry\n"
+        "    config, variables = entry.config, dict(entry.vars)\n"
+        "    assert config is None, (config, variables, kvm_host.transport)\n")
+    r = pytest_run(["--hosts", "hosts.ini", "-l", "-vv", "--junitxml", "junit.xml",
+                    "--alluredir", "allure"], tmp_path)
+    assert r.returncode == 1 and "2 failed" in r.stdout, r.stdout[-2000:]
+    assert "Secret('***')" in r.stdout  # the values were there, hidden
+    seen = [r.stdout, r.stderr, (tmp_path / "junit.xml").read_text()]
+    seen += [p.read_text(errors="replace") for p in (tmp_path / "allure").iterdir()]
+    assert not [s for s in seen if secret in s or sudo_secret in s]

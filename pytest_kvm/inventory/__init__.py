@@ -105,9 +105,10 @@ def _inventory(model: Model, path: str) -> Inventory:
         groups = tuple(model.sorted_groups(model.groups_of(name) - {"all"}))
         cfg, origins = config.build(name, values, groups, warnings)
         origin = model.hosts[name].origin
+        plain = {k: Secret(str(v.value)) if k in config.SECRET_KEYS else v.value
+                 for k, v in values.items()}  # a password stays hidden wherever this goes
         hosts[name] = HostEntry(name, cfg, groups, origin.path, origin.line or 0,
-                                MappingProxyType({k: v.value for k, v in values.items()}),
-                                MappingProxyType(origins))
+                                MappingProxyType(plain), MappingProxyType(origins))
     _check_hosts(hosts)
     group_map = {g: tuple(sorted(model.members(g))) for g in sorted(model.groups)}
     return Inventory(path, hosts, group_map, warnings)

@@ -310,6 +310,8 @@ KEYS: dict[str, Key] = {
                        "/var/tmp/pytest-kvm)"),
 }
 ALIASES: dict[str, str] = {alias: key for key, spec in KEYS.items() for alias in spec.aliases}
+SECRET_KEYS = frozenset(name for key, spec in KEYS.items() if spec.parse is _secret
+                        for name in (key, *spec.aliases))
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     inv = sub.add_parser("inventory", help="show an inventory as pytest-kvm (and Ansible) "
                          "reads it", description="Show an inventory the way ansible-inventory "
                          "does: --list or --host NAME.")
-    inv.add_argument("-i", "--inventory", required=True, metavar="PATH",
-                     help="inventory file, directory, or comma-separated host list")
+    inv.add_argument("-i", "--inventory", required=True, metavar="PATH", action="append",
+                     help="inventory file, directory, or comma-separated host list (may be "
+                          "given more than once, as with ansible-inventory)")
     what = inv.add_mutually_exclusive_group(required=True)
     what.add_argument("--list", action="store_true", help="all groups and hosts with their "
                       "resolved variables (JSON, as ansible-inventory --list)")
@@ -35,19 +36,22 @@ def _parser() -> argparse.ArgumentParser:
 
 def inventory(args: argparse.Namespace) -> int:
     if args.check:
-        inv = load(args.inventory)
+        if len(args.inventory) != 1:
+            print("--check reads one inventory (as --hosts does)", file=sys.stderr)
+            return 2
+        inv = load(args.inventory[0])
         for message in inv.warnings:
             print(f"warning: {message}", file=sys.stderr)
         for entry in inv:
             print(f"{entry.name}: {entry.config!r}")
         return 0
-    model = read_model(args.inventory)
+    model = read_model(*args.inventory)
     for message in model.warnings:
         print(f"warning: {message}", file=sys.stderr)
     resolver = resolve.Resolver(model)
     if args.host is not None:
         if args.host not in model.hosts:
-            print(f"{args.inventory}: no host named {args.host!r}", file=sys.stderr)
+            print(f"{', '.join(args.inventory)}: no host named {args.host!r}", file=sys.stderr)
             return 1
         print(resolve.dumps(resolver.plain(args.host)))
     else:

@@ -103,3 +103,11 @@ def test_what_ansible_refuses_is_refused_in_one_line(case, ansible_home):
                           "--list"], capture_output=True, text=True, timeout=60)
     assert cli.returncode == 1 and cli.stdout == ""
     assert cli.stderr.strip() == message, cli.stderr  # one line, no traceback
+
+
+def test_several_sources_merge_as_ansible_merges_them(ansible_home):
+    a, b = str(source(GOOD / "kubespray")), str(source(GOOD / "gv-forms"))
+    ours = subprocess.run([sys.executable, "-m", "pytest_kvm", "inventory", "-i", a, "-i", b,
+                           "--list"], capture_output=True, text=True, timeout=60)
+    theirs = ansible_inventory(ansible_home, "-i", a, "-i", b, "--list")
+    assert ours.returncode == 0 and json.loads(ours.stdout) == json.loads(theirs.stdout)

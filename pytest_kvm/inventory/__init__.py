@@ -70,9 +70,12 @@ class Inventory:
         return [self.hosts[h] for h in self.groups.get(name, ())]
 
 
-def read_model(path: str | Path) -> Model:
-    """Stages 1: the inventory's groups and hosts, reconciled as Ansible does."""
-    model = sources.read(path)
+def read_model(*paths: str | Path) -> Model:
+    """Stage 1: the inventory's groups and hosts (from one or more sources, in order, as
+    ``ansible-inventory -i A -i B``), reconciled as Ansible does."""
+    model = Model()
+    for path in paths:
+        sources.read(path, model)
     model.reconcile()
     return model
 

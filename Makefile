@@ -3,7 +3,7 @@ VENV   := .venv
 PYTEST := $(VENV)/bin/python -m pytest
 HOSTS  ?= hosts.ini
 
-.PHONY: setup setup-report demo test bench lint report report-check clean
+.PHONY: setup setup-report demo test bench lint image report report-check clean
 
 # Installs what is missing (apt packages incl. QEMU 10 from bookworm-backports, the venv).
 setup:
@@ -20,6 +20,11 @@ demo: setup
 # The project's own tests (real sshd hosts, real QEMU, real guests, a rendered report).
 test: setup-report
 	$(PYTEST) tests/
+
+# A bootable Debian 12 cloud image (UEFI, GRUB, cloud-init, qemu-guest-agent, sshd), cached;
+# OUT=path to copy it somewhere.
+image: setup
+	$(VENV)/bin/python -m pytest_kvm image build $(if $(OUT),--out $(OUT))
 
 bench: setup
 	$(VENV)/bin/python bench/run.py

@@ -31,7 +31,33 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--host", metavar="NAME", help="one host's resolved variables (JSON)")
     what.add_argument("--check", action="store_true", help="check the keys pytest-kvm uses, "
                       "as a test run does, and print each host's pytest-kvm settings")
+    img = sub.add_parser("image", help="build a bootable Debian 12 cloud image",
+                         description="Images for labs that have none.")
+    img_sub = img.add_subparsers(dest="image_command", required=True)
+    build = img_sub.add_parser("build", help="build (or reuse the cached) Debian 12 UEFI "
+                               "cloud image: GRUB, cloud-init, qemu-guest-agent, sshd")
+    build.add_argument("--out", metavar="PATH", help="where to put the qcow2 (default: the "
+                       "cache, ~/.cache/pytest-kvm/distro/)")
     return parser
+
+
+def image(args: argparse.Namespace) -> int:
+    import logging
+    import time
+
+    from .guest import distro
+
+    logging.basicConfig(format="%(message)s", level=logging.INFO)
+    start = time.monotonic()
+    try:
+        path = distro.build(args.out)
+    except distro.ImageBuildError as exc:
+        print(f"image build: {exc}", file=sys.stderr)
+        return 1
+    size = path.stat().st_size / 2**20
+    print(f"{path} ({size:.0f} MiB, {time.monotonic() - start:.0f} s); use it with "
+          f"kvm_guest_image={path}")
+    return 0
 
 
 def inventory(args: argparse.Namespace) -> int:
@@ -61,6 +87,8 @@ def inventory(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "image":
+        return image(args)
     try:
         return inventory(args)
     except InventoryError as exc:

@@ -22,6 +22,7 @@ from .guest import (
     MicroImage,
     Owner,
     build_micro,
+    distro,
     start_guest,
     sweep,
 )
@@ -213,10 +214,15 @@ def with_host_image(spec: GuestSpec, host: Host) -> GuestSpec:
     image = host.entry.config.guest_image
     if not image or spec.kernel or spec.cloud_init or spec.root:
         return spec
-    ci = CloudInit(user=host.entry.config.guest_user,
-                   password=secrets.token_urlsafe(12), hostname=safe_name(spec.name, 30))
+    cfg = host.entry.config
+    ci = CloudInit(user=cfg.guest_user, password=secrets.token_urlsafe(12),
+                   hostname=safe_name(spec.name, 30))
+    firmware = cfg.guest_firmware
+    if firmware == "auto":
+        firmware = "bios" if cfg.guest_root else distro.firmware_of(image)
     return spec.with_(disks=(Disk(image=image), *spec.disks), cloud_init=ci,
-                      root=host.entry.config.guest_root, memory=max(spec.memory, 1024))
+                      root=cfg.guest_root, memory=max(spec.memory, 1024), agent=True,
+                      firmware=firmware)
 
 
 def _failed(request, node) -> bool:

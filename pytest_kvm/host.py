@@ -53,6 +53,8 @@ class Facts:
     qemu_path: str = ""
     qemu_version: str = ""
     qemu_devices: frozenset[str] = frozenset()
+    ovmf_code: str = ""
+    ovmf_vars: str = ""
     pci: dict[str, PciFacts] = field(default_factory=dict)
 
     @property
@@ -129,6 +131,8 @@ def parse_facts(text: str) -> Facts:
         qemu_path=values.get("qemu_path", ""),
         qemu_version=values.get("qemu_version", ""),
         qemu_devices=frozenset(d for d in values.get("qemu_devices", "").split(",") if d),
+        ovmf_code=values.get("ovmf_code", ""),
+        ovmf_vars=values.get("ovmf_vars", ""),
         pci=pci,
     )
 

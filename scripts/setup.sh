@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PKGS=(openssh-server openssh-client busybox-static iproute2 socat pciutils kmod
-          cpio zstd xz-utils e2fsprogs debootstrap sudo shellcheck)
+          cpio zstd xz-utils e2fsprogs debootstrap sudo shellcheck
+          ovmf grub-efi-amd64-bin mtools dosfstools)
 BPO_PKGS=(qemu-system-x86 qemu-utils)
 # --with-report: what rendering and checking the Allure report needs (make test, make report)
 if [ "${1:-}" = --with-report ]; then

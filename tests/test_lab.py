@@ -175,6 +175,9 @@ def test_files_the_l1_cannot_see_are_uploaded(lab1, tmp_path):
 
 STACK = """
 set -e
+# no IPv6 router advertisement on the new links: a default route over them (from the NIC's
+# user network) would make the stack management before the test says so
+echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6
 ip link add pk-bond type bond mode active-backup
 ip link set "$1" down
 ip link set "$1" master pk-bond
@@ -185,7 +188,8 @@ ip link add link pk-br name pk-mv type macvlan mode bridge
 for l in pk-bond pk-vlan pk-br pk-mv; do ip link set "$l" up; done
 ip addr add 192.0.2.1/24 dev pk-mv
 """
-UNSTACK = "for l in pk-mv pk-br pk-vlan pk-bond; do ip link del $l 2>/dev/null; done; true"
+UNSTACK = ("for l in pk-mv pk-br pk-vlan pk-bond; do ip link del $l 2>/dev/null; done; "
+           "echo 0 > /proc/sys/net/ipv6/conf/default/disable_ipv6; true")
 
 
 def test_the_management_guard_sees_through_bridges_bonds_vlans_and_macvlans(lab1):

@@ -85,3 +85,9 @@ def console_login(console, ci: CloudInit, deadline_s: float) -> None:
         time.sleep(5)  # cloud-init has not set the password yet
     console.sendline(f"export PS1='{PROMPT}'; stty -echoctl 2>/dev/null")
     console.expect_exact(PROMPT, timeout=30)
+
+
+def quiet_console(console) -> None:
+    """Keep kernel messages off the console (they would land inside commands' output)."""
+    console.sendline("dmesg -n 1 2>/dev/null || sudo -n dmesg -n 1 2>/dev/null; true")
+    console.expect_exact(PROMPT, timeout=30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import shlex
 import shutil
@@ -13,11 +14,14 @@ import pexpect
 from .. import remote
 from ..errors import HostUnreachable, KvmError
 from ..host import Host, Owner, controller_id, process_start  # noqa: F401
-from .cloudinit import console_login, nocloud_seed
+from .agent import Agent, AgentUnavailable
+from .cloudinit import console_login, nocloud_seed, quiet_console
 from .console import Console, ConsoleClosed, GuestCommandTimeout
 from .image import PROMPT, READY_MARKER, MicroImage
 from .qmp import Qmp
 from .spec import GuestSpec, render
+
+log = logging.getLogger("pytest_kvm.guest")
 
 RUN_DIR = "run"
 
@@ -52,6 +56,10 @@ class Guest:
         self._qmp: Qmp | None = None
         self.stopped = False
         self.dead = False  # QEMU ended on its own, or the console stopped answering
+        # how commands reach the guest: "agent" (qemu-guest-agent: exit code, stdout and
+        # stderr apart, no console noise) or "console" (the serial console, the fallback)
+        self.channel = "console"
+        self._agent: Agent | None = None
 
     def __repr__(self) -> str:  # stable across runs (no run id, no pid)
         return f"Guest({self.spec.name!r} on {self.host.name!r})"
@@ -71,8 +79,41 @@ class Guest:
     def expect(self, pattern, timeout: float = 30):
         return self.console.expect(pattern, timeout=timeout)
 
+    @property
+    def agent(self) -> Agent:
+        if self._agent is None:
+            stream = self.host.connect_unix(f"{self.rundir}/ga.sock")
+            self._agent = Agent(stream, f"{self.host.name}/{self.spec.name}")
+        return self._agent
+
     def run(self, command: str, timeout: float = 60, check: bool = True) -> tuple[int, str]:
-        """Run a shell command in the guest; (status, output). ``check``: non-zero raises."""
+        """Run a shell command in the guest; (status, output). ``check``: non-zero raises.
+
+        Through the guest agent where the guest has one (stdout, then stderr), else on the
+        serial console (both as they came)."""
+        if self.channel == "agent":
+            status, output = self._run_agent(command, timeout)
+        else:
+            status, output = self._run_console(command, timeout)
+        if check and status != 0:
+            raise GuestError(f"{self.host.name}/{self.spec.name}: `{command}` exited {status}"
+                             f"\n{output.strip()[-2000:]}")
+        return status, output
+
+    def _run_agent(self, command: str, timeout: float) -> tuple[int, str]:
+        try:
+            status, out, err = self.agent.run(command, timeout)
+        except AgentUnavailable:
+            self._raise_if_host_lost(command)
+            if not self.alive():
+                raise self.describe_death(f"QEMU went away while running `{command}`") from None
+            raise
+        if status is None:
+            raise GuestCommandTimeout(f"{self.host.name}/{self.spec.name}: `{command}` did not "
+                                      f"finish within {timeout:g} s (killed)")
+        return status, out + err
+
+    def _run_console(self, command: str, timeout: float) -> tuple[int, str]:
         try:
             status, output = self.console.run(command, timeout)
         except GuestCommandTimeout:
@@ -82,9 +123,6 @@ class Guest:
         except ConsoleClosed:
             self._raise_if_host_lost(command)
             raise self.describe_death(f"QEMU went away while running `{command}`") from None
-        if check and status != 0:
-            raise GuestError(f"{self.host.name}/{self.spec.name}: `{command}` exited {status}"
-                             f"\n{output.strip()[-2000:]}")
         return status, output
 
     def _raise_if_host_lost(self, command: str) -> None:
@@ -169,7 +207,13 @@ class Guest:
         try:
             if ci is not None:
                 marker = "login: "
+                if self.spec.agent and self._wait_agent(start + timeout):
+                    # cloud-init done: its user, password and keys are in place
+                    left = max(30.0, timeout - (time.monotonic() - start))
+                    self.run("cloud-init status --wait >/dev/null 2>&1; true", timeout=left)
+                    return time.monotonic() - start
                 console_login(console, ci, timeout)
+                quiet_console(console)
                 return time.monotonic() - start
             seen = self.host.run(["grep", "-qF", marker, f"{self.rundir}/console.log"],
                                  check=False, timeout=30).ok
@@ -187,6 +231,32 @@ class Guest:
                                       f"({self.accel})") from None
         return time.monotonic() - start
 
+    def _wait_agent(self, deadline: float) -> bool:
+        """Wait for the guest agent to answer; False (the console is used) when the guest got
+        to a login prompt and the agent still did not answer 30 s later."""
+        login_seen = None
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise pexpect.EOF("QEMU exited")
+            try:
+                if self.agent.sync(timeout=3):
+                    self.channel = "agent"
+                    log.info("%s/%s: commands go through the guest agent", self.host.name,
+                             self.spec.name)
+                    return True
+            except AgentUnavailable:
+                self._agent = None  # reconnect on the next try
+                time.sleep(1)
+            if login_seen is None and self.host.run(
+                    ["grep", "-qF", "login: ", f"{self.rundir}/console.log"], check=False,
+                    timeout=30).ok:
+                login_seen = time.monotonic()
+            if login_seen is not None and time.monotonic() - login_seen > 30:
+                break
+        log.info("%s/%s: no guest agent; commands go through the serial console",
+                 self.host.name, self.spec.name)
+        return False
+
     def stop(self, keep_dir: bool = False) -> None:
         """QMP quit, then SIGTERM, then SIGKILL, each with a timeout; confirms it is gone."""
         if self.stopped:
@@ -198,13 +268,13 @@ class Guest:
                 first = 100  # QEMU exits by itself on quit; give it 10 s
             except KvmError:
                 first = 0
-        for closable in (self._console, self._qmp):
+        for closable in (self._console, self._qmp, self._agent):
             if closable is not None:
                 try:
                     closable.close()
                 except Exception:
                     pass
-        self._console = self._qmp = None
+        self._console = self._qmp = self._agent = None
         r = self.host.run(remote.argv("qemu-stop", self.rundir, str(first),
                            "keep-dir" if keep_dir else ""), check=False, timeout=60)
         self.stopped = True
@@ -242,8 +312,16 @@ def start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, se
             base = f"{host.workdir}/cache/blank-{disk.size}.qcow2"
             prepare.append(remote.argv("blank-disk", base, disk.size))
             bases.append(base)
+    uefi_code = None
+    if spec.firmware == "uefi":
+        if not host.facts.ovmf_code:
+            raise GuestError(f"{host.name}/{spec.name}: no UEFI firmware (OVMF) on the host; "
+                             "install it (apt-get install ovmf)")
+        uefi_code = host.facts.ovmf_code
+        prepare.append(["cp", "--", host.facts.ovmf_vars, f"{rundir}/efivars.fd"])
     rendered = render(spec, qemu=host.qemu, accel=accel, rundir=rundir, proc_name=proc_name,
-                      kernel=kernel, initrd=initrd, disk_bases=bases, seed=seed)
+                      kernel=kernel, initrd=initrd, disk_bases=bases, seed=seed,
+                      uefi_code=uefi_code)
     for overlay, base, fmt in rendered.overlays:
         prepare.append(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", base,
                         overlay])

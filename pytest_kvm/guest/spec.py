@@ -50,6 +50,8 @@ class GuestSpec:
     balloon: bool = False
     rng: bool = False
     serial: bool = False  # virtio-serial with a virtconsole port
+    agent: bool = False  # a virtio-serial port for qemu-guest-agent (commands go through it)
+    firmware: str = "bios"  # bios (SeaBIOS) or uefi (OVMF: an image with an EFI partition)
     devices: tuple[str, ...] = ()  # extra -device values, e.g. "vfio-pci,host=0000:01:00.0"
     args: tuple[str, ...] = ()  # extra raw arguments
     incoming: str | None = None  # e.g. "defer" or "tcp:0:4444"
@@ -75,6 +77,9 @@ def qopt(value: str) -> str:
     return value.replace(",", ",,")
 
 
+FIRMWARES = ("bios", "uefi")
+
+
 @dataclass
 class Rendered:
     argv: list[str]
@@ -83,7 +88,7 @@ class Rendered:
 
 def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: str,
            kernel: str | None, initrd: str | None, disk_bases: list[str],
-           seed: str | None = None) -> Rendered:
+           seed: str | None = None, uefi_code: str | None = None) -> Rendered:
     """QEMU's argv for a spec; disk_bases are the bases (on the host) of spec.disks."""
     # Guests get the virtualization extension only when their spec asks for a CPU model
     # (nested hosts do): a guest that loads kvm_amd/kvm_intel itself is one level deeper.
@@ -102,6 +107,11 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
         "-mon", "chardev=qmp0,mode=control",
         "-pidfile", f"{rundir}/qemu.pid",
     ]
+    if spec.firmware not in FIRMWARES:
+        raise ValueError(f"firmware must be bios or uefi, got {spec.firmware!r}")
+    if spec.firmware == "uefi":  # OVMF, with this guest's own copy of the variable store
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={qopt(uefi_code)}",
+                 "-drive", f"if=pflash,format=raw,unit=1,file={qopt(rundir)}/efivars.fd"]
     if kernel:  # else the disk's own bootloader
         argv += ["-kernel", kernel, "-append", append]
         if initrd:
@@ -131,10 +141,14 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
     if spec.rng:
         argv += ["-object", "rng-random,id=rng0,filename=/dev/urandom",
                  "-device", "virtio-rng-pci,rng=rng0"]
+    if spec.serial or spec.agent:
+        argv += ["-device", "virtio-serial-pci,id=vser0"]
     if spec.serial:
-        argv += ["-device", "virtio-serial-pci,id=vser0",
-                 "-chardev", f"socket,id=vcon0,path={qopt(rundir)}/vc.sock,server=on,wait=off",
+        argv += ["-chardev", f"socket,id=vcon0,path={qopt(rundir)}/vc.sock,server=on,wait=off",
                  "-device", "virtconsole,chardev=vcon0,name=org.pytest-kvm.0"]
+    if spec.agent:
+        argv += ["-chardev", f"socket,id=qga0,path={qopt(rundir)}/ga.sock,server=on,wait=off",
+                 "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]
     for dev in spec.devices:
         argv += ["-device", dev]
     if spec.incoming:

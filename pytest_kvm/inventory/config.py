@@ -304,6 +304,9 @@ KEYS: dict[str, Key] = {
     "kvm_guest_root": Key("guest_root", _device_path, "boot kvm_guest_image with the micro kernel "
                           "and switch_root to this disk (for an image without a bootloader), "
                           "e.g. /dev/vda"),
+    "kvm_guest_firmware": Key("guest_firmware", _choice("auto", "bios", "uefi"),
+                              "how kvm_guest_image guests boot: bios (SeaBIOS), uefi (OVMF), "
+                              "or auto (default: uefi for an image only UEFI can boot)"),
     "kvm_guest_user": Key("guest_user", _text, "user cloud-init creates in kvm_guest_image "
                           "guests (default root)"),
     "kvm_workdir": Key("workdir", _abspath, "run dirs and cached files (default "
@@ -355,6 +358,7 @@ class HostConfig:
     guest_modules: str | None = None
     guest_image: str | None = None
     guest_root: str | None = None
+    guest_firmware: str = "auto"
     guest_user: str = "root"
     workdir: str | None = None
 

@@ -38,3 +38,14 @@ for bdf in "$@"; do
     echo "pci $bdf missing=1"
   fi
 done
+# UEFI firmware for guests that boot an image's own EFI bootloader (code and variables)
+for pair in /usr/share/OVMF/OVMF_CODE_4M.fd:/usr/share/OVMF/OVMF_VARS_4M.fd \
+            /usr/share/OVMF/OVMF_CODE.fd:/usr/share/OVMF/OVMF_VARS.fd \
+            /usr/share/edk2/ovmf/OVMF_CODE.fd:/usr/share/edk2/ovmf/OVMF_VARS.fd \
+            /usr/share/edk2/x64/OVMF_CODE.4m.fd:/usr/share/edk2/x64/OVMF_VARS.4m.fd; do
+  if [ -r "${pair%%:*}" ] && [ -r "${pair#*:}" ]; then
+    echo "ovmf_code=${pair%%:*}"
+    echo "ovmf_vars=${pair#*:}"
+    break
+  fi
+done

@@ -1,0 +1,238 @@
+"""A bootable, cloud-style Debian 12 image for labs that have none (``make image``).
+
+What a cloud image has: a partitioned disk (an EFI system partition and an ext4 root), a real
+bootloader (GRUB for UEFI, started by the firmware from ``\\EFI\\BOOT\\BOOTX64.EFI``; it
+loads the distro's own kernel and initramfs from the root), cloud-init (NoCloud),
+qemu-guest-agent and sshd, no root password and no SSH host keys (cloud-init makes both per
+instance). Built as root without loop devices or mounts: debootstrap into a directory,
+``mkfs.ext4 -d`` for the root, ``mkfs.vfat`` + mtools for the ESP, a partition table written
+here. Cached by the content of its recipe.
+
+Guests boot it through the firmware (OVMF, ``firmware="uefi"``), never with ``-kernel``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from filelock import FileLock
+
+from .image import cache_root
+
+log = logging.getLogger("pytest_kvm.guest")
+
+SUITE = "bookworm"
+PACKAGES = ("systemd-sysv,udev,kmod,linux-image-amd64,initramfs-tools,openssh-server,"
+            "cloud-init,python3-cffi-backend,qemu-guest-agent,ifupdown,isc-dhcp-client,"
+            "netbase,ca-certificates")
+RECIPE_VERSION = "1"
+ROOT_SIZE = "2G"
+ESP_MIB = 64
+
+CLOUD_CFG = """\
+# Only the NoCloud seed: never probe a metadata server over the network.
+datasource_list: [ NoCloud, None ]
+# minbase has no locales package: nothing to configure
+locale: false
+"""
+
+# GRUB's own configuration, embedded in its EFI binary: find the root by its label, boot the
+# distro's kernel and initramfs through the symlinks Debian keeps current.
+GRUB_CFG = """\
+set timeout=0
+search --no-floppy --label root --set=root
+linux /vmlinuz root=LABEL=root ro console=tty0 console=ttyS0,115200 net.ifnames=0 quiet
+initrd /initrd.img
+boot
+"""
+GRUB_MODULES = "part_msdos part_gpt fat ext2 search search_label normal linux echo"
+
+TOOLS = {"debootstrap": "debootstrap", "mkfs.ext4": "e2fsprogs", "mkfs.vfat": "dosfstools",
+         "mcopy": "mtools", "grub-mkstandalone": "grub-efi-amd64-bin",
+         "qemu-img": "qemu-utils"}
+
+
+class ImageBuildError(Exception):
+    pass
+
+
+def debian_mirror(suite: str = SUITE) -> str:
+    """The Debian mirror this machine's apt already uses."""
+    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        for stanza in path.read_text().split("\n\n"):
+            if re.search(rf"^Suites:.*\b{suite}\b", stanza, re.M) and "debian-archive" in stanza:
+                match = re.search(r"^URIs:\s*(\S+)", stanza, re.M)
+                if match:
+                    return match.group(1)
+    legacy = Path("/etc/apt/sources.list")
+    if legacy.exists():
+        for line in legacy.read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 2 and parts[0] == "deb" and parts[2] == suite:
+                return parts[1]
+    raise ImageBuildError(f"no Debian {suite} mirror in /etc/apt; cannot debootstrap")
+
+
+def recipe_key() -> str:
+    text = "\n".join((RECIPE_VERSION, SUITE, PACKAGES, CLOUD_CFG, GRUB_CFG, GRUB_MODULES,
+                      ROOT_SIZE, str(ESP_MIB)))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def default_path() -> Path:
+    return cache_root() / "distro" / f"debian-{SUITE}-uefi-{recipe_key()}.qcow2"
+
+
+def _run(argv: list[str], timeout: float, **kw) -> None:
+    start = time.monotonic()
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
+    log.debug("image build: %s (%.1f s, exit %d)", argv[0], time.monotonic() - start,
+              r.returncode)
+    if r.returncode != 0:
+        tail = (r.stderr or r.stdout).strip().splitlines()[-8:]
+        raise ImageBuildError(f"{argv[0]} failed (exit {r.returncode}): " + " | ".join(tail))
+
+
+def build(out: str | Path | None = None) -> Path:
+    """Build the image (or return the cached one); returns its path."""
+    missing = [f"{tool} ({pkg})" for tool, pkg in TOOLS.items() if shutil.which(tool) is None]
+    if missing:
+        raise ImageBuildError("missing tools: " + ", ".join(missing) + "; run make setup")
+    if os.geteuid() != 0:
+        raise ImageBuildError("building the image needs root (debootstrap)")
+    cached = default_path()
+    target = Path(out) if out else cached
+    if not cached.exists():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(cached) + ".lock", timeout=3600):
+            if not cached.exists():
+                _build(cached)
+    if target != cached:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cached, target)
+    return target
+
+
+def _build(out: Path) -> None:
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix="build-") as tmp:
+        work = Path(tmp)
+        root = work / "root"
+        log.info("image build: debootstrap %s into %s", SUITE, root)
+        _run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", SUITE, str(root),
+              debian_mirror()], timeout=1800)
+        _configure(root)
+        root_img, esp_img = work / "root.img", work / "esp.img"
+        _run(["mkfs.ext4", "-q", "-L", "root", "-d", str(root), str(root_img), ROOT_SIZE],
+             timeout=900)
+        _esp(work, esp_img)
+        disk = work / "disk.raw"
+        _assemble(disk, esp_img, root_img)
+        part = work / "disk.qcow2"
+        _run(["qemu-img", "convert", "-O", "qcow2", str(disk), str(part)], timeout=900)
+        os.replace(part, out)
+    log.info("image build: %s in %.0f s, %.0f MiB", out, time.monotonic() - start,
+             out.stat().st_size / 2**20)
+
+
+def _configure(root: Path) -> None:
+    (root / "etc" / "fstab").write_text("LABEL=root / ext4 defaults,errors=remount-ro 0 1\n")
+    (root / "etc" / "hostname").write_text("localhost\n")  # cloud-init names it
+    cfg = root / "etc" / "cloud" / "cloud.cfg.d" / "99-pytest-kvm.cfg"
+    cfg.write_text(CLOUD_CFG)
+    (root / "etc" / "network" / "interfaces").write_text(
+        "auto lo\niface lo inet loopback\nsource /etc/network/interfaces.d/*\n")
+    for name in ("etc/machine-id", "var/lib/dbus/machine-id"):
+        if (root / name).exists():
+            (root / name).write_text("")  # each instance gets its own
+    for key in (root / "etc" / "ssh").glob("ssh_host_*"):
+        key.unlink()  # cloud-init makes the instance's host keys
+    subprocess.run(["chroot", str(root), "passwd", "-l", "root"], capture_output=True,
+                   check=False)
+    shutil.rmtree(root / "var" / "cache" / "apt" / "archives", ignore_errors=True)
+    (root / "var" / "cache" / "apt" / "archives" / "partial").mkdir(parents=True)
+    for kernel in ("vmlinuz", "initrd.img"):
+        if not (root / kernel).exists():
+            raise ImageBuildError(f"the root has no /{kernel} (linux-image did not install)")
+
+
+def _esp(work: Path, esp: Path) -> None:
+    cfg = work / "grub.cfg"
+    cfg.write_text(GRUB_CFG)
+    efi = work / "BOOTX64.EFI"
+    _run(["grub-mkstandalone", "-O", "x86_64-efi", f"--modules={GRUB_MODULES}",
+          "--locales=", "--fonts=", "-o", str(efi), f"boot/grub/grub.cfg={cfg}"], timeout=300)
+    _run(["mkfs.vfat", "-C", "-n", "ESP", str(esp), str(ESP_MIB * 1024)], timeout=60)
+    _run(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], timeout=60)
+    _run(["mcopy", "-i", str(esp), str(efi), "::/EFI/BOOT/BOOTX64.EFI"], timeout=60)
+
+
+def _assemble(disk: Path, esp: Path, root: Path) -> None:
+    """An MBR disk: the ESP (type 0xEF) at 1 MiB, the root (0x83) after it."""
+    sector = 512
+    esp_start = 2048
+    esp_sectors = esp.stat().st_size // sector
+    root_start = esp_start + esp_sectors
+    root_sectors = root.stat().st_size // sector
+    total = (root_start + root_sectors) * sector
+
+    def entry(boot: int, kind: int, start: int, count: int) -> bytes:
+        chs = b"\xfe\xff\xff"  # beyond CHS: the LBA fields count
+        return struct.pack("<B3sB3sII", boot, chs, kind, chs, start, count)
+
+    mbr = bytearray(sector)
+    struct.pack_into("<I", mbr, 440, int.from_bytes(os.urandom(4), "little"))  # disk id
+    mbr[446:462] = entry(0x80, 0xEF, esp_start, esp_sectors)
+    mbr[462:478] = entry(0x00, 0x83, root_start, root_sectors)
+    mbr[510:512] = b"\x55\xaa"
+    with open(disk, "wb") as f:
+        f.truncate(total)
+        f.write(mbr)
+        for start, part in ((esp_start, esp), (root_start, root)):
+            f.seek(start * sector)
+            with open(part, "rb") as src:
+                while chunk := src.read(1 << 20):
+                    if chunk.count(0) == len(chunk):
+                        f.seek(len(chunk), os.SEEK_CUR)  # keep it sparse
+                    else:
+                        f.write(chunk)
+
+
+ESP_GUID = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+BIOS_BOOT_GUID = "21686148-6449-6e6f-744e-656564454649"
+
+
+def firmware_of(image: str) -> str:
+    """``uefi`` for an image that only a UEFI firmware can boot (an EFI system partition, and
+    no BIOS boot code or BIOS boot partition), else ``bios``. Cloud images that boot either
+    way get ``bios`` (SeaBIOS starts faster)."""
+    import uuid
+
+    with tempfile.TemporaryDirectory(prefix="pytest-kvm-fw-") as tmp:
+        head = os.path.join(tmp, "head")
+        r = subprocess.run(["qemu-img", "dd", "-O", "raw", f"if={image}", f"of={head}",
+                            "bs=512", "count=34"], capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise ImageBuildError(f"{image}: cannot read its partition table: "
+                                  f"{r.stderr.strip()}")
+        data = Path(head).read_bytes()
+    if len(data) < 512 or data[510:512] != b"\x55\xaa":
+        return "bios"
+    boot_code = any(data[:440])
+    types = [data[446 + 16 * i + 4] for i in range(4)]
+    if 0xEE in types and len(data) >= 34 * 512:  # GPT: read its partition entries
+        entries = data[1024:1024 + 128 * 128]
+        guids = {str(uuid.UUID(bytes_le=entries[i:i + 16])) for i in range(0, len(entries), 128)}
+        has_esp, has_bios = ESP_GUID in guids, BIOS_BOOT_GUID in guids
+    else:
+        has_esp, has_bios = 0xEF in types, False
+    return "uefi" if has_esp and not (has_bios or boot_code) else "bios"

@@ -1,0 +1,143 @@
+"""`make image`'s Debian 12 cloud image, booted through its own bootloader (OVMF, GRUB), with
+commands through qemu-guest-agent: console noise cannot reach them. The virtio and migration
+suites run on it as a user runs them (an inventory naming it), with nothing skipped.
+
+Built once per machine and cached (~3 min); each boot under TCG takes about 1.5 minutes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pytest_kvm.fixtures import KvmSession
+from pytest_kvm.guest import CloudInit, Disk, GuestSpec, Owner, distro
+from pytest_kvm.guest.console import GuestCommandTimeout
+from pytest_kvm.inventory import parse
+
+from test_plugin import pytest_run
+
+pytestmark = pytest.mark.slow
+SUITES = Path(__file__).parent.parent / "suites"
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    return str(distro.build())
+
+
+@pytest.fixture(scope="module")
+def session():
+    s = KvmSession(parse("[l]\nlocalhost ansible_connection=local\n"),
+                   Owner.current("image001"))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def booted(session, image, rig):
+    """A guest on the image: UEFI firmware, the image's GRUB, kernel and initramfs, a cloud-init
+    seed with a user, a password and an SSH key."""
+    key = open(rig.key + ".pub").read().strip()
+    ci = CloudInit(user="tester", password=secrets.token_urlsafe(12), ssh_keys=(key,),
+                   hostname="pkvm-image")
+    spec = GuestSpec(name="image", memory=1024, smp=2, disks=(Disk(image=image),),
+                     cloud_init=ci, agent=True, firmware=distro.firmware_of(image))
+    guest = session.start_guest(session.host("localhost"), spec, "test_image")
+    yield guest, ci, key
+    guest.stop()
+
+
+def test_the_image_is_a_uefi_disk_with_partitions(image):
+    assert distro.firmware_of(image) == "uefi"  # an EFI system partition, no BIOS boot code
+
+
+def test_it_booted_through_its_own_bootloader(booted):
+    guest, _, _ = booted
+    assert "-kernel" not in guest.argv and any("if=pflash" in a for a in guest.argv)
+    cmdline = guest.sh("cat /proc/cmdline")
+    assert cmdline.startswith("BOOT_IMAGE=/vmlinuz") and "root=LABEL=root" in cmdline  # GRUB's
+    assert guest.sh("ls /sys/firmware/efi >/dev/null && echo efi").strip() == "efi"
+
+
+def test_commands_go_through_the_guest_agent(booted):
+    guest, _, _ = booted
+    assert guest.channel == "agent"
+    assert guest.run("echo out; echo err >&2; exit 3", check=False) == (3, "out\nerr\n")
+
+
+def test_console_noise_cannot_reach_a_commands_output(booted):
+    guest, _, _ = booted
+    noisy = ("for i in 1 2 3; do echo '[   12.3] virtio_net: noise' > /dev/console; "
+             "echo '<3>kernel noise' > /dev/kmsg; echo out$i; done")
+    assert guest.run(noisy) == (0, "out1\nout2\nout3\n")
+
+
+def test_a_command_that_hangs_times_out_and_is_killed(booted):
+    guest, _, _ = booted
+    with pytest.raises(GuestCommandTimeout, match="did not finish within 2 s"):
+        guest.run("sleep 300", timeout=2)
+    assert guest.run("pgrep -x sleep || echo none") == (0, "none\n")
+
+
+def test_cloud_init_set_the_user_password_and_key_from_the_seed(booted):
+    guest, ci, key = booted
+    assert guest.sh("cat /etc/hostname").strip() == ci.hostname
+    assert key in guest.sh(f"cat /home/{ci.user}/.ssh/authorized_keys")
+    shadow = guest.sh(f"getent shadow {ci.user}").split(":")[1]
+    assert shadow.startswith("$") and ci.password not in shadow  # a hash of it
+    status = guest.sh("cloud-init status --long")
+    assert "status: done" in status and "DataSourceNoCloud" in status, status
+
+
+def test_its_services_run(booted):
+    guest, _, _ = booted
+    assert guest.sh("systemctl is-active ssh qemu-guest-agent").split() == ["active", "active"]
+
+
+def test_the_password_is_in_no_log(booted):
+    guest, ci, _ = booted
+    for log in ("console.log", "qemu.log", "cmdline"):
+        assert ci.password not in guest.read_log(log, 100000)
+    assert not guest.host.run(["sh", "-c", f"ls -l {guest.rundir}/seed.iso"]).stdout.startswith(
+        "-rw-r")  # 0600
+
+
+def test_without_an_agent_the_console_is_the_fallback(session, image):
+    ci = CloudInit(user="root", password=secrets.token_urlsafe(12), hostname="pkvm-console")
+    spec = GuestSpec(name="console", memory=1024, smp=2, disks=(Disk(image=image),),
+                     cloud_init=ci, agent=False, firmware="uefi")
+    guest = session.start_guest(session.host("localhost"), spec, "test_image")
+    try:
+        assert guest.channel == "console"
+        assert guest.run("id -un; echo done") == (0, "root\ndone\n")
+    finally:
+        guest.stop()
+
+
+@pytest.mark.parametrize("suite, passed", [("test_virtio.py", 14), ("test_migration.py", 40)])
+def test_the_suites_run_on_the_image_with_nothing_skipped(image, tmp_path, suite, passed):
+    shutil.copy(SUITES / suite, tmp_path)
+    (tmp_path / "hosts.ini").write_text(
+        f"[lab]\nlocalhost ansible_connection=local kvm_guest_image={image}\n")
+    r = pytest_run(["-q", "-rs", "--hosts", "hosts.ini"], tmp_path, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert f"{passed} passed" in r.stdout and "skipped" not in r.stdout, r.stdout[-1500:]
+
+
+def test_kvm_guest_root_boots_the_images_root_with_the_micro_kernel(session, image):
+    """kvm_guest_root (for an image without a bootloader): the micro guest's kernel and
+    initramfs, then switch_root to the image's root partition and its own init."""
+    ci = CloudInit(user="root", password=secrets.token_urlsafe(12), hostname="pkvm-root")
+    spec = GuestSpec(name="root", memory=1024, smp=2, disks=(Disk(image=image),),
+                     cloud_init=ci, agent=True, root="/dev/vda2")
+    guest = session.start_guest(session.host("localhost"), spec, "test_image")
+    try:
+        assert "-kernel" in guest.argv and guest.channel == "agent"
+        assert guest.sh("findmnt -n -o SOURCE /").strip() == "/dev/vda2"
+        assert "pkvm.root=/dev/vda2" in guest.sh("cat /proc/cmdline")
+    finally:
+        guest.stop()

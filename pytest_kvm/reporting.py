@@ -90,6 +90,9 @@ def attach_guest(guest, failed: bool) -> None:
     """What a guest-using test's reader needs: the QEMU command line, its console and stderr,
     the QMP exchange; on failure also the guest's lsmod and dmesg."""
     label = f"{guest.host.name}/{guest.spec.name}"
+    if allure is not None:  # which channel its commands used (agent or console), and its OS
+        allure.dynamic.parameter(f"{label} command channel", guest.channel)
+        allure.dynamic.parameter(f"{label} guest OS", guest.os_family)
     attach_text(f"{label} QEMU command line", guest.cmdline)
     if not guest.stopped:
         attach_text(f"{label} console log", guest.read_log("console.log", 300))

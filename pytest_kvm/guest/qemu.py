@@ -65,6 +65,11 @@ class Guest:
         return f"Guest({self.spec.name!r} on {self.host.name!r})"
 
     @property
+    def os_family(self) -> str:
+        """micro (pytest-kvm's busybox guest) or linux (a distro image's userspace)."""
+        return "linux" if self.spec.cloud_init is not None else "micro"
+
+    @property
     def cmdline(self) -> str:
         return shlex.join(self.argv)
 

@@ -285,6 +285,8 @@ def replay(host: Host, journal_file: str) -> list[str]:
             undone.append(f"{what}: REFUSED ({exc})")
             continue
         result = host.run(argv, become=True, check=False, timeout=120)
+        log.info("%s: replayed a dead run's undo: %s: %s", host.name, what,
+                 "undone" if result.ok else "FAILED")
         undone.append(f"{what}: {'undone' if result.ok else 'FAILED ' + result.stdout.strip()}")
     host.run(["rm", "-f", "--", journal_file], check=False, timeout=30)
     return undone

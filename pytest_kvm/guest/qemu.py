@@ -280,6 +280,7 @@ class Guest:
                 except Exception:
                     pass
         self._console = self._qmp = self._agent = None
+        log.info("%s/%s: stopping QEMU (pid %s)", self.host.name, self.spec.name, self.pid)
         r = self.host.run(remote.argv("qemu-stop", self.rundir, str(first),
                            "keep-dir" if keep_dir else ""), check=False, timeout=60)
         self.stopped = True
@@ -341,6 +342,8 @@ def start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, se
         finally:
             shutil.rmtree(local, ignore_errors=True)
     guest = Guest(host, spec, rundir, proc_name, rendered.argv, accel)
+    log.info("%s/%s: starting QEMU (%s, %s) in %s", host.name, spec.name, accel,
+             "its own bootloader" if boot_disk else "direct kernel boot", rundir)
     r = host.run(remote.argv("qemu-launch", rundir, *rendered.argv), check=False,
                  timeout=60)
     if r.stdout.startswith("pid="):
@@ -353,8 +356,10 @@ def start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, se
         raise GuestError(f"{host.name}/{spec.name}: QEMU {why}: {err or r.stderr.strip()}")
     if wait:
         try:
-            guest.wait_ready()
+            waited = guest.wait_ready()
         except BaseException:
             guest.stop(keep_dir=False)
             raise
+        log.info("%s/%s: ready in %.1f s (commands: %s)", host.name, spec.name, waited,
+                 guest.channel)
     return guest

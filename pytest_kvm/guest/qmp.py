@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from typing import Any
@@ -13,6 +14,8 @@ from qemu.qmp.error import QMPError
 
 from ..errors import KvmError
 from ..transport import Stream
+
+log = logging.getLogger("pytest_kvm.guest")
 
 
 class QmpError(KvmError):
@@ -54,6 +57,7 @@ class Qmp:
 
     def execute(self, command: str, timeout: float | None = None, **arguments: Any) -> Any:
         args = {k.replace("_", "-"): v for k, v in arguments.items()}
+        log.info("%s: QMP %s %s", self.name, command, json.dumps(args) if args else "")
         self.log.append(f"-> {json.dumps({'execute': command, 'arguments': args})}")
         try:
             result = self._call(self._client.execute(command, args or None), timeout)
@@ -71,6 +75,7 @@ class Qmp:
             while True:
                 event = await self._events.get()
                 self.log.append(f"<- event {json.dumps(dict(event))}")
+                log.info("%s: QMP event %s", self.name, event["event"])
                 if event["event"] == name:
                     return dict(event)
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from .. import remote
 from ..host import Host, list_owned
 from .qemu import RUN_DIR
+
+log = logging.getLogger("pytest_kvm.guest")
 
 
 def stale_runs(host: Host, current_run: str | None) -> list[str]:
@@ -20,5 +24,6 @@ def sweep(host: Host, current_run: str | None) -> list[str]:
     for path in stale_runs(host, current_run):
         r = host.run(remote.argv("qemu-stop", path, "0", ""), check=False, timeout=60)
         if r.ok:
+            log.info("%s: stopped a dead run's guest and removed %s", host.name, path)
             swept.append(path)
     return swept

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shlex
 import socket
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CommandFailed
+
+log = logging.getLogger("pytest_kvm.transport")
 
 Command = Sequence[str] | str
 
@@ -37,8 +40,18 @@ class Result:
 
 
 def display(cmd: Command) -> str:
-    """The command as the user would type it (for messages)."""
+    """The command as a shell line (what is sent to run it)."""
     return cmd if isinstance(cmd, str) else shlex.join(cmd)
+
+
+def shown(cmd: Command) -> str:
+    """The command for messages and logs: a multi-line script run as ``sh -c SCRIPT NAME
+    ARGS`` (pytest_kvm/remote) shows as ``NAME.sh ARGS``."""
+    if not isinstance(cmd, str):
+        argv = [str(a) for a in cmd]
+        if len(argv) >= 4 and argv[:2] == ["sh", "-c"] and "\n" in argv[2].strip():
+            return shlex.join([f"{argv[3]}.sh", *argv[4:]])
+    return display(cmd)
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,12 @@ def argv_of(cmd: Command, env: Mapping[str, str] | None = None,
     if env:
         argv = ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
     return [*sudo, *argv]
+
+
+def _short(text: str, limit: int = 300) -> str:
+    """A command for the log: one line, cut (scripts are long; the name says which)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def file_digest(path: str) -> str:
@@ -177,7 +196,13 @@ class Transport(ABC):
         argv = argv_of(cmd, env, prefix)
         if secret:
             data = secret + (data or b"")
-        result = self._exec(argv, timeout, data, display(cmd))
+        try:
+            result = self._exec(argv, timeout, data, shown(cmd))
+        except Exception as exc:
+            log.debug("%s: %s -> %s", self.name, _short(shown(cmd)), type(exc).__name__)
+            raise
+        log.debug("%s: %s -> exit %d in %.3f s%s", self.name, _short(shown(cmd)),
+                  result.status, result.duration, " (sudo)" if prefix else "")
         if check and result.status != 0:
             raise CommandFailed(self.name, result.command, result)
         return result

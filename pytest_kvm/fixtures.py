@@ -26,6 +26,7 @@ from .guest import (
     start_guest,
     sweep,
 )
+from .guest.cloudinit import ed25519_keypair
 from .guest.qemu import safe_name
 from .host import Host, Journal, Leases, replay_dead_journals
 from .inventory import HostConfig, HostEntry, Inventory
@@ -168,8 +169,8 @@ class GuestFactory:
             raise KvmError("guest_factory needs a host: use kvm_host in the test or pass host=")
         spec = (spec or GuestSpec()).with_(**changes) if changes else (spec or GuestSpec())
         with reporting.step(f"provision and boot {spec.name} on {host.name}"):
-            guest = self.session.start_guest(host, with_host_image(spec, host), self.label,
-                                             wait)
+            guest = self.session.start_guest(
+                host, with_host_image(spec, host, self.session.keydir), self.label, wait)
         self.guests.append(guest)
         return guest
 
@@ -208,21 +209,25 @@ class GuestFactory:
         return kept
 
 
-def with_host_image(spec: GuestSpec, host: Host) -> GuestSpec:
+def with_host_image(spec: GuestSpec, host: Host, keydir: str) -> GuestSpec:
     """The spec on the host's distro image (kvm_guest_image), when it names one and the spec
     does not bring its own kernel or image: boot disk first, a fresh cloud-init seed."""
     image = host.entry.config.guest_image
     if not image or spec.kernel or spec.cloud_init or spec.root:
         return spec
     cfg = host.entry.config
+    # commands: the guest agent where the image has one, else SSH to its sshd (our key, its
+    # host key known before it boots), else the serial console
+    key, pub = nesting.keypair(keydir)
     ci = CloudInit(user=cfg.guest_user, password=secrets.token_urlsafe(12),
-                   hostname=safe_name(spec.name, 30))
+                   hostname=safe_name(spec.name, 30), ssh_keys=(pub,),
+                   host_key=ed25519_keypair())
     firmware = cfg.guest_firmware
     if firmware == "auto":
         firmware = "bios" if cfg.guest_root else distro.firmware_of(image)
     return spec.with_(disks=(Disk(image=image), *spec.disks), cloud_init=ci,
                       root=cfg.guest_root, memory=max(spec.memory, 1024), agent=True,
-                      firmware=firmware)
+                      firmware=firmware, ssh_key=key)
 
 
 def _failed(request, node) -> bool:

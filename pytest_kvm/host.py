@@ -429,6 +429,11 @@ class Host:
         # the work dir, any path) is never part of the address, only our socket's name.
         return self.transport.open_stream(remote.argv("socat-unix", folder, name))
 
+    def forwarded_ssh(self, name: str, port: int, key_file: str, known_hosts: str,
+                      user: str) -> Transport:
+        """SSH to a port forwarded on this host's loopback (a guest's sshd), through it."""
+        return forwarded(name, self.transport, port, key_file, known_hosts, user=user)
+
     def forwarded_host(self, entry: HostEntry, port: int, key_file: str,
                        known_hosts: str) -> Host:
         """Another host whose sshd is forwarded to a port on this host's loopback."""

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from pytest_kvm.features import nesting
 from pytest_kvm.fixtures import KvmSession
 from pytest_kvm.guest import CloudInit, Disk, GuestSpec, Owner, distro
+from pytest_kvm.guest.cloudinit import ed25519_keypair
 from pytest_kvm.guest.console import GuestCommandTimeout
 from pytest_kvm.inventory import parse
 
@@ -104,6 +106,25 @@ def test_the_password_is_in_no_log(booted):
         assert ci.password not in guest.read_log(log, 100000)
     assert not guest.host.run(["sh", "-c", f"ls -l {guest.rundir}/seed.iso"]).stdout.startswith(
         "-rw-r")  # 0600
+
+
+def test_without_an_agent_commands_go_over_ssh_pinned_to_the_seeds_host_key(session, image,
+                                                                            tmp_path):
+    key, pub = nesting.keypair(str(tmp_path))
+    ci = CloudInit(user="tester", password=secrets.token_urlsafe(12), ssh_keys=(pub,),
+                   host_key=ed25519_keypair(), hostname="pkvm-ssh")
+    spec = GuestSpec(name="ssh", memory=1024, smp=2, disks=(Disk(image=image),),
+                     cloud_init=ci, agent=False, ssh_key=key, firmware="uefi")
+    guest = session.start_guest(session.host("localhost"), spec, "test_image")
+    try:
+        assert guest.channel == "ssh"
+        assert guest.run("id -un; echo err >&2; exit 4", check=False) == (4, "tester\nerr\n")
+        assert guest.sh("cat /etc/ssh/ssh_host_ed25519_key.pub").split()[:2] == \
+            ci.host_key[1].split()[:2]  # the key it was pinned to is the one its sshd uses
+        with pytest.raises(GuestCommandTimeout, match="did not finish within 2 s"):
+            guest.run("sleep 300", timeout=2)
+    finally:
+        guest.stop()
 
 
 def test_without_an_agent_the_console_is_the_fallback(session, image):

@@ -202,7 +202,7 @@ def migrate(source: Guest, destination: Guest, address: str, port: int, *,
             detail = f"ended '{status}': {info.get('error-desc', 'no reason given')}"
         raise MigrationError(f"migration {source.host.name} -> {destination.host.name} {detail}")
     ram = info.get("ram", {})
-    destination.channel = source.channel  # the guest (and its agent or login) moved with it
+    destination.follow(source)  # the guest (its agent, sshd or login) moved with it
     result.status = status
     result.tls = tls is not None
     result.total_time_ms = int(info.get("total-time", 0))

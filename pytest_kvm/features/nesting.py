@@ -18,12 +18,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
 from .. import remote
 from ..errors import KvmError
 from ..guest import Guest, GuestError, GuestSpec
+from ..guest.cloudinit import ed25519_keypair
 from ..host import Host
 from ..inventory import HostEntry
 
@@ -67,16 +65,12 @@ def keypair(directory: str) -> tuple[str, str]:
     """A fresh ed25519 key pair for the controller to log in to nested hosts."""
     path = os.path.join(directory, "nested_ed25519")
     if not os.path.exists(path):
-        key = ed25519.Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption())
+        private, public = ed25519_keypair()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                            serialization.PublicFormat.OpenSSH)
-        with open(path + ".pub", "wb") as f:
-            f.write(pub + b"\n")
+        with os.fdopen(fd, "w") as f:
+            f.write(private)
+        with open(path + ".pub", "w") as f:
+            f.write(public + "\n")
     return path, open(path + ".pub").read().strip()
 
 

@@ -24,6 +24,9 @@ class CloudInit:
     user: str = "root"
     password: str | None = field(default=None, repr=False)
     ssh_keys: tuple[str, ...] = ()
+    # the instance's SSH host key (OpenSSH private key, public line): known before it boots,
+    # so a connection to its sshd can be pinned to it
+    host_key: tuple[str, str] | None = field(default=None, repr=False)
     hostname: str = "pytest-kvm-guest"
     login_timeout: float = 600.0  # a distro boot under TCG is slow
 
@@ -35,6 +38,9 @@ class CloudInit:
             user["ssh_authorized_keys"] = list(self.ssh_keys)
         data: dict = {"hostname": self.hostname, "disable_root": False, "ssh_pwauth": False,
                       "users": [user]}
+        if self.host_key is not None:
+            data["ssh_keys"] = {"ed25519_private": self.host_key[0],
+                                "ed25519_public": self.host_key[1]}
         if self.password is not None:
             data["chpasswd"] = {"expire": False, "users": [
                 {"name": self.user, "password": self.password, "type": "text"}]}
@@ -91,3 +97,16 @@ def quiet_console(console) -> None:
     """Keep kernel messages off the console (they would land inside commands' output)."""
     console.sendline("dmesg -n 1 2>/dev/null || sudo -n dmesg -n 1 2>/dev/null; true")
     console.expect_exact(PROMPT, timeout=30)
+
+
+def ed25519_keypair() -> tuple[str, str]:
+    """A fresh ed25519 key: (OpenSSH private key, public key line)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode()
+    return private, public

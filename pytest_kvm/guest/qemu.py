@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import re
 import shlex
 import shutil
@@ -12,7 +13,7 @@ import time
 import pexpect
 
 from .. import remote
-from ..errors import HostUnreachable, KvmError
+from ..errors import CommandTimeout, HostUnreachable, KvmError, TransportError
 from ..host import Host, Owner, controller_id, process_start  # noqa: F401
 from .agent import Agent, AgentUnavailable
 from .cloudinit import console_login, nocloud_seed, quiet_console
@@ -60,6 +61,9 @@ class Guest:
         # stderr apart, no console noise) or "console" (the serial console, the fallback)
         self.channel = "console"
         self._agent: Agent | None = None
+        self.ssh_port: int | None = None  # the guest's sshd, forwarded on the host's loopback
+        self.ssh_host_key: str | None = None  # its public host key (pinned)
+        self._ssh = None
 
     def __repr__(self) -> str:  # stable across runs (no run id, no pid)
         return f"Guest({self.spec.name!r} on {self.host.name!r})"
@@ -98,6 +102,8 @@ class Guest:
         serial console (both as they came)."""
         if self.channel == "agent":
             status, output = self._run_agent(command, timeout)
+        elif self.channel == "ssh":
+            status, output = self._run_ssh(command, timeout)
         else:
             status, output = self._run_console(command, timeout)
         if check and status != 0:
@@ -117,6 +123,59 @@ class Guest:
             raise GuestCommandTimeout(f"{self.host.name}/{self.spec.name}: `{command}` did not "
                                       f"finish within {timeout:g} s (killed)")
         return status, out + err
+
+    def _run_ssh(self, command: str, timeout: float) -> tuple[int, str]:
+        try:
+            r = self.ssh.run(command, timeout=timeout, check=False)
+        except CommandTimeout:
+            raise GuestCommandTimeout(f"{self.host.name}/{self.spec.name}: `{command}` did not "
+                                      f"finish within {timeout:g} s (killed)") from None
+        except TransportError:
+            self._raise_if_host_lost(command)
+            if not self.alive():
+                raise self.describe_death(f"QEMU went away while running `{command}`") from None
+            raise
+        return r.status, r.stdout + r.stderr
+
+    @property
+    def ssh(self):
+        """SSH to the guest's own sshd, through its host, pinned to the host key its
+        cloud-init seed gave it."""
+        if self._ssh is None:
+            ci = self.spec.cloud_init
+            key = self.ssh_host_key or (ci.host_key[1] if ci and ci.host_key else None)
+            if self.ssh_port is None or ci is None or key is None:
+                raise GuestError(f"{self.host.name}/{self.spec.name}: no SSH channel")
+            known = f"{self.spec.ssh_key}.known_hosts-{self.ssh_port}"
+            with open(known, "w") as f:
+                f.write(f"[127.0.0.1]:{self.ssh_port} {key}\n")
+            self._ssh = self.host.forwarded_ssh(f"{self.host.name}/{self.spec.name}",
+                                                self.ssh_port, self.spec.ssh_key, known, ci.user)
+        return self._ssh
+
+    def follow(self, source: Guest) -> None:
+        """This guest is the source's continuation after a migration: its commands go the
+        same way, and its SSH host key is the source's (the guest's own, which moved)."""
+        self.channel = source.channel
+        if source.spec.cloud_init and source.spec.cloud_init.host_key:
+            self.ssh_host_key = source.ssh_host_key or source.spec.cloud_init.host_key[1]
+
+    def _wait_ssh(self, deadline: float) -> bool:
+        """Wait for the guest's sshd to let us in (key pinned); False when it never does."""
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise pexpect.EOF("QEMU exited")
+            try:
+                self.ssh.run(["true"], timeout=15)
+                self.channel = "ssh"
+                log.info("%s/%s: commands go through SSH", self.host.name, self.spec.name)
+                return True
+            except TransportError:
+                if self._ssh is not None:
+                    self._ssh.close()
+                self._ssh = None
+                time.sleep(2)
+        return False
 
     def _run_console(self, command: str, timeout: float) -> tuple[int, str]:
         try:
@@ -212,7 +271,9 @@ class Guest:
         try:
             if ci is not None:
                 marker = "login: "
-                if self.spec.agent and self._wait_agent(start + timeout):
+                deadline = start + timeout
+                if (self.spec.agent and self._wait_agent(deadline)) or (
+                        self.spec.ssh_key and self._wait_ssh(deadline)):
                     # cloud-init done: its user, password and keys are in place
                     left = max(30.0, timeout - (time.monotonic() - start))
                     self.run("cloud-init status --wait >/dev/null 2>&1; true", timeout=left)
@@ -273,13 +334,13 @@ class Guest:
                 first = 100  # QEMU exits by itself on quit; give it 10 s
             except KvmError:
                 first = 0
-        for closable in (self._console, self._qmp, self._agent):
+        for closable in (self._console, self._qmp, self._agent, self._ssh):
             if closable is not None:
                 try:
                     closable.close()
                 except Exception:
                     pass
-        self._console = self._qmp = self._agent = None
+        self._console = self._qmp = self._agent = self._ssh = None
         log.info("%s/%s: stopping QEMU (pid %s)", self.host.name, self.spec.name, self.pid)
         r = self.host.run(remote.argv("qemu-stop", self.rundir, str(first),
                            "keep-dir" if keep_dir else ""), check=False, timeout=60)
@@ -296,6 +357,19 @@ def safe_name(text: str, limit: int = 60) -> str:
 def start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, seq: int,
                 label: str = "", wait: bool = True) -> Guest:
     """Provision and boot a guest on a host; returns once its shell is ready (``wait``)."""
+    for attempt in range(4):
+        port = random.randrange(20000, 60000) if spec.ssh_key else None
+        try:
+            return _start_guest(host, spec, image, owner, seq, label, wait, port)
+        except GuestError as exc:
+            if port is None or "host forwarding" not in str(exc) or attempt == 3:
+                raise
+            log.info("%s/%s: port %d was taken; another one", host.name, spec.name, port)
+    raise AssertionError("unreachable")
+
+
+def _start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, seq: int,
+                 label: str, wait: bool, ssh_port: int | None) -> Guest:
     accel = spec.accel or host.accel
     boot_disk = spec.cloud_init is not None and spec.kernel is None and spec.root is None
     kernel = None if boot_disk else host.put_cached(spec.kernel or image.kernel)
@@ -327,7 +401,7 @@ def start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, se
         prepare.append(["cp", "--", host.facts.ovmf_vars, f"{rundir}/efivars.fd"])
     rendered = render(spec, qemu=host.qemu, accel=accel, rundir=rundir, proc_name=proc_name,
                       kernel=kernel, initrd=initrd, disk_bases=bases, seed=seed,
-                      uefi_code=uefi_code)
+                      uefi_code=uefi_code, ssh_port=ssh_port)
     for overlay, base, fmt in rendered.overlays:
         prepare.append(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", base,
                         overlay])
@@ -342,6 +416,7 @@ def start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, se
         finally:
             shutil.rmtree(local, ignore_errors=True)
     guest = Guest(host, spec, rundir, proc_name, rendered.argv, accel)
+    guest.ssh_port = ssh_port
     log.info("%s/%s: starting QEMU (%s, %s) in %s", host.name, spec.name, accel,
              "its own bootloader" if boot_disk else "direct kernel boot", rundir)
     r = host.run(remote.argv("qemu-launch", rundir, *rendered.argv), check=False,

@@ -52,6 +52,9 @@ class GuestSpec:
     serial: bool = False  # virtio-serial with a virtconsole port
     agent: bool = False  # a virtio-serial port for qemu-guest-agent (commands go through it)
     firmware: str = "bios"  # bios (SeaBIOS) or uefi (OVMF: an image with an EFI partition)
+    # commands over SSH (when there is no agent): the controller's private key for the
+    # guest's sshd, reached through a port forwarded on the host (a NIC of its own)
+    ssh_key: str | None = None
     devices: tuple[str, ...] = ()  # extra -device values, e.g. "vfio-pci,host=0000:01:00.0"
     args: tuple[str, ...] = ()  # extra raw arguments
     incoming: str | None = None  # e.g. "defer" or "tcp:0:4444"
@@ -88,7 +91,8 @@ class Rendered:
 
 def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: str,
            kernel: str | None, initrd: str | None, disk_bases: list[str],
-           seed: str | None = None, uefi_code: str | None = None) -> Rendered:
+           seed: str | None = None, uefi_code: str | None = None,
+           ssh_port: int | None = None) -> Rendered:
     """QEMU's argv for a spec; disk_bases are the bases (on the host) of spec.disks."""
     # Guests get the virtualization extension only when their spec asks for a CPU model
     # (nested hosts do): a guest that loads kvm_amd/kvm_intel itself is one level deeper.
@@ -136,6 +140,9 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
         # user networking with no restrictions would let a guest reach the outside network
         netdev = f"{nic.netdev},restrict=on" if nic.netdev == "user" else nic.netdev
         argv += ["-netdev", f"{netdev},id=net{i}", "-device", f"{nic.model},netdev=net{i}"]
+    if ssh_port:  # the guest's sshd on the host's loopback only
+        argv += ["-netdev", f"user,id=ssh0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+                 "-device", "virtio-net-pci,netdev=ssh0"]
     if spec.balloon:
         argv += ["-device", "virtio-balloon-pci,id=balloon0"]
     if spec.rng:

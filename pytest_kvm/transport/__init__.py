@@ -88,10 +88,10 @@ def for_entry(entry: HostEntry, inventory: Inventory | None = None,
 
 
 def forwarded(name: str, parent: Transport, port: int, key_file: str, known_hosts: str,
-              workdir: str | None = None) -> SSHTransport:
-    """SSH to a port on the parent's loopback (a nested host's forwarded sshd), through the
-    parent's transport, with strict checking against a pinned known_hosts file."""
-    transport = SSHTransport(name, "127.0.0.1", port, "root", key_file, known_hosts=known_hosts,
+              workdir: str | None = None, user: str = "root") -> SSHTransport:
+    """SSH to a port on the parent's loopback (a nested host's or a guest's forwarded sshd),
+    through the parent's transport, with strict checking against a pinned known_hosts file."""
+    transport = SSHTransport(name, "127.0.0.1", port, user, key_file, known_hosts=known_hosts,
                              host_key_policy="strict", connect_timeout=30, proxy=parent,
                              workdir=workdir)
     transport.sees_controller_root = isinstance(parent, LocalTransport)

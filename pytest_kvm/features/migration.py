@@ -29,8 +29,10 @@ COUNTER = ("sh -c 'i=0; while true; do i=$((i+1)); "
            "echo \"PKVM-COUNT $i $$ $(cut -d\" \" -f1 /proc/uptime)\" | tee -a /tmp/counter.log; "
            "sleep 0.2; done' > /dev/hvc0 2>/dev/null &")
 LINE_RE = re.compile(r"PKVM-COUNT (\d+) (\d+) ([\d.]+)")
+# In the background with its output elsewhere: a job that kept the command's output open would
+# keep an exec channel (the guest agent, SSH) waiting for its end.
 DIRTY = ("sh -c 'mkdir -p /dev/shm; while true; do dd if=/dev/urandom of=/dev/shm/dirty "
-         "bs=1M count={mib} 2>/dev/null; done' &")
+         "bs=1M count={mib} 2>/dev/null; done' </dev/null >/dev/null 2>&1 &")
 
 
 class MigrationError(KvmError):

@@ -99,7 +99,8 @@ class Agent:
 
     def run(self, command: str, timeout: float = 60.0) -> tuple[int | None, str, str]:
         """Run a shell command; (exit status, stdout, stderr). Status None: it was still running
-        at ``timeout`` (then it is killed, with its children)."""
+        at ``timeout`` (then it is killed, with its children). As on any exec channel, a job
+        left in the background must not keep the command's output open (redirect it)."""
         start = time.monotonic()
         pid = self.execute("guest-exec", {"path": "/bin/sh", "arg": ["-c", command],
                                           "capture-output": True})["pid"]

@@ -33,7 +33,7 @@ log = logging.getLogger("pytest_kvm.guest")
 SUITE = "bookworm"
 PACKAGES = ("systemd-sysv,udev,kmod,linux-image-amd64,initramfs-tools,openssh-server,"
             "cloud-init,python3-cffi-backend,qemu-guest-agent,ifupdown,isc-dhcp-client,"
-            "netbase,ca-certificates")
+            "netbase,ca-certificates,sudo")
 RECIPE_VERSION = "1"
 ROOT_SIZE = "2G"
 ESP_MIB = 64

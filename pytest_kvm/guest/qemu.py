@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import secrets
 import shlex
 import shutil
 import tempfile
@@ -375,7 +376,8 @@ def _start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, s
     kernel = None if boot_disk else host.put_cached(spec.kernel or image.kernel)
     initrd = spec.initrd or (image.initrd if spec.kernel is None else None)
     initrd = host.put_cached(initrd) if initrd and not boot_disk else None
-    rundir = f"{host.workdir}/{RUN_DIR}/{owner.run_id}-{seq}"
+    # unique even for two sessions that share a run id (mkdir below refuses an existing dir)
+    rundir = f"{host.workdir}/{RUN_DIR}/{owner.run_id}-{seq}-{secrets.token_hex(3)}"
     # The cloud-init seed may hold a password: 0600 in the guest's own run dir (removed when
     # the guest stops), never in the shared upload cache.
     seed = f"{rundir}/seed.iso" if spec.cloud_init else None

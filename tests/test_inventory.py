@@ -87,7 +87,7 @@ def test_child_group_vars_override_parent_group_vars():
         ("[a b]\n", "hosts.ini:1: invalid section header '[a b]'"),
         ("[a]\nh1 ansible_host='unterminated\n", "hosts.ini:2: cannot split the host line"),
         ("# nothing\n", "hosts.ini: lists no hosts"),
-        ("[a]\nh1 ansible_connection=docker\n", "ansible_connection must be ssh or local"),
+        ("[a]\nh1 ansible_connection=docker\n", "hosts.ini: lists no host pytest-kvm can use"),
         ("[a]\nh1 ansible_ssh_common_args='-o StrictHostKeyChecking=no'\n",
          "StrictHostKeyChecking=no is not supported"),
         ("[a]\nh1 ansible_ssh_common_args='-v'\n", "option '-v' is not supported"),
@@ -244,3 +244,15 @@ def test_what_ansible_skips_is_a_warning_naming_it(tmp_path):
                for w in inv.warnings), inv.warnings
     assert f"{tmp_path}/inv/b.yml:4: skipping key 'bogus' of group 'g': only vars, children " \
            "and hosts are valid" in inv.warnings
+
+
+def test_hosts_with_other_connections_are_left_out_with_a_warning():
+    inv = parse("[a]\nh1\nw1 ansible_connection=winrm\nsw ansible_connection=ansible.netcommon"
+                ".network_cli\nl ansible_connection=ansible.builtin.local\ns ansible_connection="
+                "smart\nt ansible_connection=sssh\n", "hosts.ini")
+    assert sorted(inv.hosts) == ["h1", "l", "s"]
+    assert inv.hosts["l"].config.connection == "local" and inv.hosts["s"].config.connection == "ssh"
+    assert "hosts.ini:3: host 'w1' uses ansible_connection=winrm, which pytest-kvm cannot " \
+           "use; it is left out" in inv.warnings
+    assert any("ansible_connection=sssh (did you mean 'ssh'?)" in w for w in inv.warnings)
+    assert "w1" not in inv.groups["a"] and "h1" in inv.groups["a"]

@@ -106,14 +106,22 @@ def _inventory(model: Model, path: str) -> Inventory:
     for name in sorted(model.hosts):
         values = resolver.host_vars(name)
         groups = tuple(model.sorted_groups(model.groups_of(name) - {"all"}))
-        cfg, origins = config.build(name, values, groups, warnings)
+        try:
+            cfg, origins = config.build(name, values, groups, warnings)
+        except config.NotAKvmHost as exc:
+            warnings.append(str(exc))
+            continue
         origin = model.hosts[name].origin
         plain = {k: Secret(str(v.value)) if k in config.SECRET_KEYS else v.value
                  for k, v in values.items()}  # a password stays hidden wherever this goes
         hosts[name] = HostEntry(name, cfg, groups, origin.path, origin.line or 0,
                                 MappingProxyType(plain), MappingProxyType(origins))
+    if not hosts:
+        raise InventoryError(path, None, "lists no host pytest-kvm can use (ssh or local "
+                             "connections); add one")
     _check_hosts(hosts)
-    group_map = {g: tuple(sorted(model.members(g))) for g in sorted(model.groups)}
+    group_map = {g: tuple(sorted(h for h in model.members(g) if h in hosts))
+                 for g in sorted(model.groups)}
     return Inventory(path, hosts, group_map, warnings)
 
 

@@ -234,9 +234,12 @@ KEYS: dict[str, Key] = {
                                         ("ansible_private_key_file",)),
     "ansible_password": Key("password", _secret, "SSH password (prefer keys; never shown)",
                             ("ansible_ssh_pass", "ansible_ssh_password")),
-    "ansible_connection": Key("connection", _choice("ssh", "local",
-                                                    aliases={"paramiko": "ssh"}),
-                              "ssh (default) or local"),
+    "ansible_connection": Key("connection", _choice("ssh", "local", aliases={
+        "paramiko": "ssh", "paramiko_ssh": "ssh", "smart": "ssh", "ansible.builtin.ssh": "ssh",
+        "ansible.builtin.paramiko": "ssh", "ansible.builtin.paramiko_ssh": "ssh",
+        "ansible.builtin.smart": "ssh", "ansible.builtin.local": "local"}),
+        "ssh (default; also paramiko, smart) or local; a host with another connection "
+        "(winrm, docker, network_cli, ...) is left out of the run with a warning"),
     "ansible_become": Key("become", _bool, "privileged commands through sudo: yes, no (never), "
                           "or unset (sudo only when the user is not root)"),
     "ansible_become_user": Key("become_user", _text, "the user sudo runs privileged commands "
@@ -369,6 +372,15 @@ class HostConfig:
 
 
 # -- building a HostConfig from a host's resolved variables -----------------------------------
+# The connections pytest-kvm can use. A host with another one (a switch, a Windows box, a
+# container in a lab's inventory) is not a KVM host: left out with a warning, not an error.
+CONNECTIONS = ("ssh", "local", "paramiko", "paramiko_ssh", "smart")
+
+
+class NotAKvmHost(Exception):
+    """A host whose ansible_connection pytest-kvm cannot use."""
+
+
 def build(name: str, values: Mapping[str, Value], groups: tuple[str, ...],
           warnings: list[str]) -> tuple[HostConfig, dict[str, Origin]]:
     """Check and type the keys pytest-kvm uses; warn about unknown ``kvm_*`` keys.
@@ -381,6 +393,14 @@ def build(name: str, values: Mapping[str, Value], groups: tuple[str, ...],
                                      "remove it")
         if key not in KEYS and key not in ALIASES:
             _warn_unknown(key, value.origin, warnings)
+    connection = values.get("ansible_connection")
+    if connection is not None and isinstance(connection.value, str) and \
+            connection.value.removeprefix("ansible.builtin.") not in CONNECTIONS:
+        close = difflib.get_close_matches(connection.value, CONNECTIONS, n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise NotAKvmHost(f"{connection.origin}: host {name!r} uses ansible_connection="
+                          f"{connection.value}{hint}, which pytest-kvm cannot use; it is left "
+                          "out")
     renderer = _Renderer(name, values, groups)
     fields: dict[str, Any] = {}
     origins: dict[str, Origin] = {}

@@ -126,8 +126,21 @@ class Agent:
         return code, out, err
 
     def _kill(self, pid: int) -> None:
+        """Kill ``pid`` and its descendants (stopped first, so none forks a new one), and wait
+        until the agent has reaped it: the next command must not see it still running."""
+        tree = ('k() { kill -STOP "$1" 2>/dev/null; for c in $(pgrep -P "$1"); do k "$c"; done; '
+                'kill -KILL "$1" 2>/dev/null; kill -CONT "$1" 2>/dev/null; }; k "$1"')
         try:
-            self.execute("guest-exec", {"path": "/bin/sh", "arg": [
-                "-c", 'pkill -KILL -P "$1"; kill -KILL "$1"', "kill", str(pid)]}, timeout=10)
-        except AgentError:
-            pass
+            killer = self.execute("guest-exec", {"path": "/bin/sh", "arg": [
+                "-c", tree, "kill", str(pid)]}, timeout=10)["pid"]
+            deadline = time.monotonic() + 10
+            for waited in (killer, pid):
+                while not self.execute("guest-exec-status", {"pid": waited},
+                                       timeout=10).get("exited"):
+                    if time.monotonic() > deadline:
+                        log.warning("%s: agent: process %s not reaped 10 s after the kill",
+                                    self.name, waited)
+                        return
+                    time.sleep(0.05)
+        except AgentError as e:
+            log.warning("%s: agent: killing process %s: %s", self.name, pid, e)

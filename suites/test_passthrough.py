@@ -9,23 +9,13 @@ end, also when a test fails. The management NIC and unnamed devices are never to
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from pytest_kvm.features import vfio
 from pytest_kvm.guest import GuestSpec
+from pytest_kvm.waiting import wait_until
 
 pytestmark = [pytest.mark.kvm_suite("passthrough"), pytest.mark.kvm_devices("kvm_passthrough")]
-
-
-def wait_for(predicate, timeout: float = 30.0, step: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +71,15 @@ def test_hotplug_adds_the_device(kvm_pci, device_id, hotplug_guest):
     assert device_id not in vfio.guest_pci_ids(hotplug_guest)
     hotplug_guest.qmp.execute("device_add", driver="vfio-pci", host=kvm_pci, id="pt0",
                               bus="hp0")
-    assert wait_for(lambda: device_id in vfio.guest_pci_ids(hotplug_guest))
+    assert wait_until(lambda: device_id in vfio.guest_pci_ids(hotplug_guest), 30,
+                      f"{device_id} in the guest's lspci", step=0.5)
 
 
 def test_hot_unplug_removes_the_device(device_id, hotplug_guest):
     hotplug_guest.qmp.execute("device_del", id="pt0")
-    hotplug_guest.qmp.event("DEVICE_DELETED", timeout=60)
-    assert wait_for(lambda: device_id not in vfio.guest_pci_ids(hotplug_guest))
+    hotplug_guest.qmp.event("DEVICE_DELETED", timeout=60, device="pt0")
+    assert wait_until(lambda: device_id not in vfio.guest_pci_ids(hotplug_guest), 30,
+                      f"{device_id} gone from the guest's lspci", step=0.5)
 
 
 def test_original_driver_restored(kvm_host, kvm_pci, binding, original_driver, hotplug_guest):

@@ -22,14 +22,21 @@ class QmpError(KvmError):
     pass
 
 
+class QmpEventTimeout(QmpError):
+    """An awaited QMP event did not come in time."""
+
+
 class Qmp:
     """Synchronous QMP client for fixtures. Every exchange is kept in ``log`` (for reports)."""
+
+    KEEP = 1000  # events kept unconsumed at most (the oldest go first)
 
     def __init__(self, stream: Stream, name: str, timeout: float = 30,
                  connect_timeout: float | None = None):
         self.name = name
         self.timeout = timeout
         self.log: list[str] = []
+        self._kept: list[dict] = []  # events received while waiting for another one
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name=f"qmp-{name}")
@@ -67,20 +74,42 @@ class Qmp:
         self.log.append(f"<- {json.dumps(result)}")
         return result
 
-    def event(self, name: str, timeout: float | None = None) -> dict:
-        """Wait for the next event called ``name`` (earlier ones queued since connect count)."""
+    def event(self, name: str, timeout: float | None = None, **match: Any) -> dict:
+        """The first event called ``name`` whose data has the ``match`` items (e.g.
+        ``device="hp0"``). Events that arrived since connect count; the ones this wait does
+        not consume are kept for a later wait (none is lost)."""
+        def wanted(event: dict) -> bool:
+            data = event.get("data", {})
+            return event["event"] == name and all(data.get(k) == v for k, v in match.items())
+
+        for i, event in enumerate(self._kept):
+            if wanted(event):
+                return self._kept.pop(i)
         deadline = time.monotonic() + (timeout or self.timeout)
 
         async def next_event():
             while True:
-                event = await self._events.get()
-                self.log.append(f"<- event {json.dumps(dict(event))}")
-                log.info("%s: QMP event %s", self.name, event["event"])
-                if event["event"] == name:
-                    return dict(event)
+                event = dict(await self._events.get())
+                self.log.append(f"<- event {json.dumps(event)}")
+                log.info("%s: QMP event %s %s", self.name, event["event"],
+                         json.dumps(event.get("data", {})))
+                if wanted(event):
+                    return event
+                self._kept.append(event)
+                del self._kept[:-self.KEEP]
 
-        left = deadline - time.monotonic()
-        return self._call(asyncio.wait_for(next_event(), left), left + 1)
+        async def until_deadline():
+            try:
+                return await asyncio.wait_for(next_event(), deadline - time.monotonic())
+            except TimeoutError:
+                return None
+
+        event = self._call(until_deadline(), deadline - time.monotonic() + 5)
+        if event is None:
+            wanted_data = f" with {json.dumps(match)}" if match else ""
+            raise QmpEventTimeout(f"{self.name}: no {name} event{wanted_data} within "
+                                  f"{timeout or self.timeout:g} s")
+        return event
 
     def close(self) -> None:
         if self._loop.is_closed():

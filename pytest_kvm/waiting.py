@@ -1,0 +1,30 @@
+"""One way to wait: poll a condition until a deadline, then fail with what was awaited."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from .errors import KvmError
+
+T = TypeVar("T")
+
+
+class WaitTimeout(KvmError):
+    """A condition did not come true in time; the message says what was awaited and the
+    last value seen."""
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str,
+               step: float = 0.25) -> T:
+    """The first true value of ``predicate()`` (called at least once, and once more at the
+    deadline); WaitTimeout naming ``what`` when none came within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"{what}: not within {timeout:g} s (last seen: {value!r})")
+        time.sleep(min(step, max(0.0, deadline - time.monotonic())))

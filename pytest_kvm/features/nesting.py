@@ -37,7 +37,7 @@ class NestedHostError(KvmError):
 class L1Options:
     cpu: str | None = None  # default: host under kvm, max under tcg (svm+npt)
     memory: int = 3072
-    smp: int = 2
+    smp: int | None = None  # default: default_smp()
     devices: tuple[str, ...] = ()  # emulated PCI devices: igb, e1000e, "nvme,serial=x", ...
     iommu: bool | None = None  # default: on when devices are given
 
@@ -46,6 +46,13 @@ class L1Options:
         cfg = entry.config
         return cls(cpu=cfg.l1_cpu, memory=cfg.l1_memory, smp=cfg.l1_smp, devices=cfg.l1_devices,
                    iommu=cfg.l1_iommu)
+
+
+def default_smp(parent: Host) -> int:
+    """vCPUs of an L1 by default. Under TCG one: with two, guests under KVM inside the L1 (L2s)
+    reset on their own every few minutes of I/O (multi-threaded TCG's nested SVM); with one,
+    none did in the same runs (README, "The emulated lab")."""
+    return 2 if parent.accel == "kvm" else 1
 
 
 def default_cpu(parent: Host) -> str:
@@ -97,7 +104,8 @@ def l1_spec(name: str, parent: Host, opts: L1Options, pubkey: str, port: int) ->
                      "-device", f"{device},bus=rp{i},netdev=dn{i}"]
         else:
             args += ["-device", f"{device},bus=rp{i}"]
-    return GuestSpec(name=f"l1-{name}", memory=opts.memory, smp=opts.smp, cpu=cpu,
+    return GuestSpec(name=f"l1-{name}", memory=opts.memory, cpu=cpu,
+                     smp=opts.smp or default_smp(parent),
                      machine="q35,kernel-irqchip=split" if iommu else "q35",
                      append=" ".join(append), args=tuple(args), boot_timeout=300)
 

@@ -24,7 +24,7 @@ from . import yamlload
 from .model import Origin, Value
 
 BDF_RE = re.compile(r"^(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
-SUITES = ("virtio", "passthrough", "sriov", "migration", "nested")
+SUITES = ("virtio", "virtio-data", "passthrough", "sriov", "migration", "nested")
 
 
 class Secret:
@@ -272,7 +272,7 @@ KEYS: dict[str, Key] = {
                       "max under tcg: both expose the virtualization extension)"),
     "kvm_l1_memory": Key("l1_memory", _whole(128, " (MiB)"), "nested host: memory in MiB "
                          "(default 3072)"),
-    "kvm_l1_smp": Key("l1_smp", _whole(1), "nested host: vCPUs (default 2)"),
+    "kvm_l1_smp": Key("l1_smp", _whole(1), "nested host: vCPUs (default 2; 1 under TCG)"),
     "kvm_l1_devices": Key("l1_devices", _devices, "nested host: emulated PCI devices, each "
                           "behind its own PCIe root port, device i at 0000:0i:00.0 (e.g. "
                           "igb,e1000e)"),
@@ -349,7 +349,7 @@ class HostConfig:
     parent: str | None = None
     l1_cpu: str | None = None
     l1_memory: int = 3072
-    l1_smp: int = 2
+    l1_smp: int | None = None
     l1_devices: tuple[str, ...] = ()
     l1_iommu: bool | None = None
     reruns: int = 0

@@ -85,7 +85,7 @@ class Console(SpawnBase):
         """
         tag = uuid.uuid4().hex[:10]
         begin, end = f"__PKVM_B{tag}", f"__PKVM_E{tag}"
-        command = command.strip()
+        command = command.strip().rstrip(";").rstrip()  # `cmd;; echo` is a syntax error too
         sep = " " if command.endswith("&") else "; "  # `cmd & ;` is a syntax error
         try:
             self.sendline(f"echo {begin[:4]}''{begin[4:]}; {command}{sep}"

@@ -40,6 +40,7 @@ MODULES = (
     "isofs", "overlay",
     # stacked network devices (a nested host's management NIC under a bridge, bond or VLAN)
     "bonding", "8021q", "bridge", "macvlan",
+    "tun",  # a nested host's guests with tap NICs (multiqueue virtio-net)
 )
 
 INIT = r"""#!/bin/busybox sh
@@ -90,6 +91,7 @@ while true; do setsid cttyhack sh -l; done
 HOSTROOT = r"""
 arg() { sed -n "s/.*pkvm.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 modprobe -q virtio_pci; modprobe -q 9pnet_virtio; modprobe -q 9p; modprobe -q overlay
+modprobe -q tun  # /dev/net/tun, for guests' tap NICs
 R=/mnt/host
 mkdir -p /mnt/lower /mnt/rw $R
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /mnt/lower

@@ -218,6 +218,46 @@ class Guest:
                             f"{self.host.name}/{self.spec.name}", connect_timeout=timeout)
         return self._qmp
 
+    # -- host-side ends of the guest's devices ----------------------------------------------
+    def forward(self, netdev: str, guest_addr: str, guest_port: int) -> int:
+        """Forward a free port on the host's loopback to ``guest_addr:guest_port`` through the
+        user-networking ``netdev``; the host port (the kernel picks it: no clash)."""
+        rule = f"tcp:127.0.0.1:0-{guest_addr}:{guest_port}"
+        out = self._hmp(f"hostfwd_add {netdev} {rule}")
+        if out.strip():  # HMP says nothing when it worked
+            raise GuestError(f"{self.host.name}/{self.spec.name}: hostfwd_add {netdev} {rule}: "
+                             f"{out.strip()}")
+        table = self._hmp("info usernet")
+        for line in table.splitlines():
+            f = line.split()
+            if (len(f) >= 6 and f[0] == "TCP[HOST_FORWARD]" and f[4] == guest_addr
+                    and f[5] == str(guest_port)):
+                log.info("%s/%s: host port %s -> %s:%d (%s)", self.host.name, self.spec.name,
+                         f[3], guest_addr, guest_port, netdev)
+                return int(f[3])
+        raise GuestError(f"{self.host.name}/{self.spec.name}: no forward to {guest_addr}:"
+                         f"{guest_port} in QEMU's `info usernet`:\n{table}")
+
+    def unforward(self, netdev: str, host_port: int) -> None:
+        out = self._hmp(f"hostfwd_remove {netdev} tcp:127.0.0.1:{host_port}")
+        if "removed" not in out:
+            log.warning("%s/%s: hostfwd_remove %s %d: %s", self.host.name, self.spec.name,
+                        netdev, host_port, out.strip())
+
+    def _hmp(self, command: str) -> str:
+        """An HMP command (the user-networking forwards have no QMP command); its text."""
+        return self.qmp.execute("human-monitor-command", command_line=command)
+
+    def open_port(self, socket_name: str):
+        """A stream to the host side of one of the guest's character devices (a socket in
+        its run dir, e.g. a virtio-serial port's)."""
+        return self.host.connect_unix(f"{self.rundir}/{socket_name}")
+
+    def disk_file(self, index: int) -> str:
+        """The file on the host behind the spec's disk ``index`` (its overlay)."""
+        disk = self.spec.disks[index]
+        return disk.path or f"{self.rundir}/disk{index}.qcow2"
+
     # -- state ------------------------------------------------------------------------------
     def alive(self) -> bool:
         """Is this guest's QEMU running (a process whose command line names its run dir)?"""

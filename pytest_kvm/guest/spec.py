@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 
 from .cloudinit import CloudInit
@@ -32,6 +33,15 @@ class Nic:
 
     model: str = "virtio-net-pci"
     netdev: str = "user"  # user | tap,ifname=... | bridge,br=...
+    net: str | None = None  # user networking's subnet (e.g. 10.0.3.0/24); QEMU's default
+    # queue pairs (multiqueue virtio-net: mq=on with a vector per queue). More than one needs
+    # a tap netdev (netdev="tap": a tap device of the guest's own, made and removed by QEMU).
+    queues: int = 1
+
+    @staticmethod
+    def mac(index: int) -> str:
+        """The MAC of the guest's NIC ``index`` (the guest finds its NICs by it)."""
+        return f"52:54:00:70:6b:{index:02x}"
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,9 @@ class GuestSpec:
     cloud_init: CloudInit | None = None  # a distro guest: NoCloud seed + console login
     root: str | None = None  # boot the micro kernel, then switch_root to this disk (/dev/vda)
     boot_timeout: float | None = None  # default scales with the accelerator
+    # room to hot-plug into: free PCIe root ports (HOTPLUG_PORTS), a second vCPU socket and
+    # memory slots (maxmem)
+    hotplug: bool = False
 
     def with_(self, **changes) -> GuestSpec:
         return replace(self, **changes)
@@ -69,9 +82,22 @@ class GuestSpec:
     def all_virtio(cls, **kw) -> GuestSpec:
         """Every virtio device the virtio suite checks."""
         base = dict(disks=(Disk(interface="virtio"), Disk(interface="scsi")),
-                    nics=(Nic(),), balloon=True, rng=True, serial=True)
+                    nics=(Nic(net=DATA_NET),), balloon=True, rng=True, serial=True)
         base.update(kw)
         return cls(**base)
+
+
+DATA_NET = "10.0.3.0/24"  # all_virtio's NIC: apart from a distro guest's SSH NIC (10.0.2.0/24)
+HOTPLUG_PORTS = ("hp0", "hp1", "hp2")  # free PCIe root ports of a hotplug guest
+HOTPLUG_MAXCPUS = 2
+HOTPLUG_MAXMEM = "2G"
+SERIAL_PORT = "org.pytest-kvm.port0"  # a virtio-serial port next to the virtconsole
+SERIAL_SOCKET = "vp.sock"  # its host side, in the run dir
+
+
+def disk_serial(index: int) -> str:
+    """The serial number of the spec's disk ``index`` (the guest finds its disks by it)."""
+    return f"pkvm-disk{index}"
 
 
 def qopt(value: str) -> str:
@@ -102,7 +128,9 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
     argv = [
         qemu, "-name", f"{proc_name},process={proc_name[:15]}",
         "-machine", f"{spec.machine},accel={accel}", "-cpu", cpu,
-        "-m", str(spec.memory), "-smp", str(spec.smp),
+        "-m", str(spec.memory) + (f",slots=2,maxmem={HOTPLUG_MAXMEM}" if spec.hotplug else ""),
+        "-smp", str(spec.smp) + (f",maxcpus={max(spec.smp, HOTPLUG_MAXCPUS)}"
+                                 if spec.hotplug else ""),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-chardev", f"socket,id=con0,path={qopt(rundir)}/c.sock,server=on,wait=off,"
                     f"logfile={qopt(rundir)}/console.log,logappend=on",
@@ -129,17 +157,27 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
             out.overlays.append((overlay, base, disk.format))
         argv += ["-blockdev", f"driver=qcow2,node-name=disk{i},file.driver=file,"
                               f"file.filename={qopt(overlay)}"]
+        serial = disk_serial(i)
         if disk.interface == "virtio":
-            argv += ["-device", f"virtio-blk-pci,drive=disk{i},id=vd{i}"]
+            argv += ["-device", f"virtio-blk-pci,drive=disk{i},id=vd{i},serial={serial}"]
         else:
-            argv += ["-device", f"scsi-hd,drive=disk{i},bus=scsi0.0,id=sd{i}"]
+            argv += ["-device", f"scsi-hd,drive=disk{i},bus=scsi0.0,id=sd{i},serial={serial}"]
     if seed:
         argv += ["-drive", f"if=none,id=seed,file={qopt(seed)},format=raw,readonly=on",
                  "-device", "virtio-blk-pci,drive=seed,id=seed"]
     for i, nic in enumerate(spec.nics):
         # user networking with no restrictions would let a guest reach the outside network
         netdev = f"{nic.netdev},restrict=on" if nic.netdev == "user" else nic.netdev
-        argv += ["-netdev", f"{netdev},id=net{i}", "-device", f"{nic.model},netdev=net{i}"]
+        device = f"{nic.model},netdev=net{i},mac={Nic.mac(i)}"
+        if nic.net:
+            netdev += f",net={qopt(nic.net)}"
+        if netdev == "tap":  # a tap device of this guest's own: no script, gone with QEMU
+            ifname = "pk" + hashlib.sha256(rundir.encode()).hexdigest()[:10] + str(i)
+            netdev = f"tap,ifname={ifname},script=no,downscript=no,vhost=off"
+        if nic.queues > 1:
+            netdev += f",queues={nic.queues}"
+            device += f",mq=on,vectors={2 * nic.queues + 2}"
+        argv += ["-netdev", f"{netdev},id=net{i}", "-device", device]
     if ssh_port:  # the guest's sshd on the host's loopback only
         argv += ["-netdev", f"user,id=ssh0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
                  "-device", "virtio-net-pci,netdev=ssh0"]
@@ -152,10 +190,16 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
         argv += ["-device", "virtio-serial-pci,id=vser0"]
     if spec.serial:
         argv += ["-chardev", f"socket,id=vcon0,path={qopt(rundir)}/vc.sock,server=on,wait=off",
-                 "-device", "virtconsole,chardev=vcon0,name=org.pytest-kvm.0"]
+                 "-device", "virtconsole,chardev=vcon0,name=org.pytest-kvm.0",
+                 "-chardev", f"socket,id=vport0,path={qopt(rundir)}/{SERIAL_SOCKET},"
+                             "server=on,wait=off",
+                 "-device", f"virtserialport,chardev=vport0,name={SERIAL_PORT}"]
     if spec.agent:
         argv += ["-chardev", f"socket,id=qga0,path={qopt(rundir)}/ga.sock,server=on,wait=off",
                  "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]
+    if spec.hotplug:
+        for n, port in enumerate(HOTPLUG_PORTS):
+            argv += ["-device", f"pcie-root-port,id={port},chassis={20 + n},slot={20 + n}"]
     for dev in spec.devices:
         argv += ["-device", dev]
     if spec.incoming:

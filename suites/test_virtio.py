@@ -1,43 +1,26 @@
-"""Virtio para-virtualised drivers (lab notes, section 1).
+"""Virtio para-virtualised drivers (lab notes, section 1): loaded and bound.
 
 One guest per host with every virtio device attached (net, blk, scsi, balloon, console, rng).
 Its init loads drivers from the devices' modaliases, as a distro's udev does, so `lsmod` shows
 what the hardware caused. Each check: the driver is loaded, and its device is bound to it.
+That the devices also move data is the virtio-data suite's part (test_virtio_data.py).
 """
 
 from __future__ import annotations
 
 import pytest
 
+from pytest_kvm.features.virtio import DRIVERS, loaded_modules, virtio_bindings, virtio_pci_drivers
 from pytest_kvm.guest import GuestSpec
 
-# driver -> virtio device ID it drives (virtio spec, "Device Types")
-DRIVERS = {
-    "virtio_net": 1,
-    "virtio_blk": 2,
-    "virtio_console": 3,
-    "virtio_rng": 4,
-    "virtio_balloon": 5,
-    "virtio_scsi": 8,
-}
+pytestmark = pytest.mark.kvm_suite("virtio")
+
 UNLOADABLE = "virtio_balloon"  # nothing in the guest holds it
 
 
 @pytest.fixture(scope="module")
 def guest_spec():
     return GuestSpec.all_virtio(name="virtio")
-
-
-def loaded_modules(guest) -> set[str]:
-    return {line.split()[0] for line in guest.sh("lsmod").splitlines()[1:] if line.strip()}
-
-
-def virtio_bindings(guest) -> dict[int, str]:
-    """virtio device ID -> the driver bound to it ('' when none)."""
-    out = guest.sh("for d in /sys/bus/virtio/devices/*; do "
-                   "echo $(cat $d/device) $(basename \"$(readlink $d/driver)\"); done")
-    return {int(dev, 16): (drv[0] if drv else "")
-            for dev, *drv in (line.split() for line in out.splitlines() if line.strip())}
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +46,7 @@ def test_device_bound(bindings, driver):
 
 
 def test_virtio_pci_drives_every_virtio_pci_device(guest):
-    out = guest.sh("for d in /sys/bus/pci/devices/*; do [ $(cat $d/vendor) = 0x1af4 ] && "
-                   "echo $(basename $d) $(basename \"$(readlink $d/driver)\"); done; true")
-    devices = dict(line.split() for line in out.splitlines() if line.strip())
+    devices = virtio_pci_drivers(guest)
     assert len(devices) >= len(DRIVERS)
     assert set(devices.values()) == {"virtio-pci"}, devices
 

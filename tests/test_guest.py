@@ -8,6 +8,8 @@ from pytest_kvm.errors import KvmError
 from pytest_kvm.fixtures import KvmSession
 from pytest_kvm.guest import Disk, GuestCommandTimeout, GuestDied, GuestSpec, Owner, stale_runs
 from pytest_kvm.guest.qemu import controller_id
+from pytest_kvm.guest.qmp import QmpEventTimeout
+from pytest_kvm.waiting import WaitTimeout, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,23 @@ def test_qmp_answers(booted):
     assert booted.qmp.execute("query-status")["status"] == "running"
     names = [d["qdev"] for d in booted.qmp.execute("query-pci")[0]["devices"] if d.get("qdev")]
     assert isinstance(names, list)
+
+
+def test_qmp_events_are_kept_until_a_wait_consumes_them(booted):
+    qmp = booted.qmp
+    qmp.execute("stop")
+    qmp.execute("cont")
+    resumed = qmp.event("RESUME", timeout=10)  # STOP came first: kept, not dropped
+    assert qmp.event("STOP", timeout=10)["timestamp"]["seconds"] <= \
+        resumed["timestamp"]["seconds"]
+    with pytest.raises(QmpEventTimeout, match="no STOP event within 1 s"):
+        qmp.event("STOP", timeout=1)  # each event is consumed once
+
+
+def test_a_wait_names_what_it_waited_for():
+    with pytest.raises(WaitTimeout, match=r"the answer: not within 0.2 s \(last seen: ''\)"):
+        wait_until(lambda: "", 0.2, "the answer", step=0.05)
+    assert wait_until(iter([0, "", "yes"]).__next__, 5, "a value", step=0) == "yes"
 
 
 def test_run_dir_holds_sockets_logs_and_owner(booted, host):

@@ -328,8 +328,8 @@ def rng(guest: Guest, size: int = 64) -> tuple[str, str]:
 def serial_port_device(guest: Guest, name: str = SERIAL_PORT) -> str:
     """The guest's /dev node of the virtio-serial port called ``name`` ('' when none)."""
     q = shlex.quote(name)
-    return guest.sh(f"for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name)\" = {q} ] && "
-                    f"echo /dev/${{p##*/}}; done; true").strip()
+    return guest.sh(f"for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name 2>/dev/null)\" "
+                    f"= {q} ] && echo /dev/${{p##*/}}; done; true").strip()
 
 
 def serial_exchange(guest: Guest, timeout: float = 30) -> tuple[str, str, str, str]:

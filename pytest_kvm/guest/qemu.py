@@ -21,7 +21,7 @@ from .cloudinit import console_login, nocloud_seed, quiet_console
 from .console import Console, ConsoleClosed, GuestCommandTimeout
 from .image import PROMPT, READY_MARKER, MicroImage
 from .qmp import Qmp
-from .spec import GuestSpec, render
+from .spec import GuestSpec, disk_file, render
 
 log = logging.getLogger("pytest_kvm.guest")
 
@@ -255,8 +255,7 @@ class Guest:
 
     def disk_file(self, index: int) -> str:
         """The file on the host behind the spec's disk ``index`` (its overlay)."""
-        disk = self.spec.disks[index]
-        return disk.path or f"{self.rundir}/disk{index}.qcow2"
+        return disk_file(self.spec.disks[index], self.rundir, index)
 
     # -- state ------------------------------------------------------------------------------
     def alive(self) -> bool:

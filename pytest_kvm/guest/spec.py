@@ -95,6 +95,12 @@ SERIAL_PORT = "org.pytest-kvm.port0"  # a virtio-serial port next to the virtcon
 SERIAL_SOCKET = "vp.sock"  # its host side, in the run dir
 
 
+def disk_file(disk: Disk, rundir: str, index: int) -> str:
+    """The file on the host behind a spec's disk ``index``: its overlay in the run dir, or
+    the shared-storage file it names."""
+    return disk.path or f"{rundir}/disk{index}.qcow2"
+
+
 def disk_serial(index: int) -> str:
     """The serial number of the spec's disk ``index`` (the guest finds its disks by it)."""
     return f"pkvm-disk{index}"
@@ -152,7 +158,7 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
     if any(d.interface == "scsi" for d in spec.disks):
         argv += ["-device", "virtio-scsi-pci,id=scsi0"]
     for i, (disk, base) in enumerate(zip(spec.disks, disk_bases, strict=True)):
-        overlay = disk.path or f"{rundir}/disk{i}.qcow2"
+        overlay = disk_file(disk, rundir, i)
         if not disk.path:
             out.overlays.append((overlay, base, disk.format))
         argv += ["-blockdev", f"driver=qcow2,node-name=disk{i},file.driver=file,"

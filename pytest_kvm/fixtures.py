@@ -58,6 +58,7 @@ class KvmSession:
         self._l1_guests: list[Guest] = []
         self._keydir: str | None = None
         self.leases = Leases(owner.run_id)
+        self.channels: dict[str, str] = {}  # "host/guest" -> how its commands went, its OS
 
     def host(self, name: str, sweep_leftovers: bool = True) -> Host:
         """The Host, connected and with its facts probed; KvmError when it cannot be reached.
@@ -122,7 +123,10 @@ class KvmSession:
     def start_guest(self, host: Host, spec: GuestSpec, label: str = "",
                     wait: bool = True) -> Guest:
         seq = f"{self.worker}-{next(self._seq)}"
-        return start_guest(host, spec, self.image_for(host), self.owner, seq, label, wait)
+        guest = start_guest(host, spec, self.image_for(host), self.owner, seq, label, wait)
+        if wait:  # (a migration's destination takes its source's channel)
+            self.channels[f"{host.name}/{spec.name}"] = f"{guest.channel} ({guest.os_family})"
+        return guest
 
     def close(self) -> None:
         """Stop the nested hosts (innermost first) and close every connection."""
@@ -365,3 +369,16 @@ def _kvm_revive_dead_guest(request):
 def qmp(guest):
     """QMP of the module's guest (qemu.qmp behind a synchronous helper)."""
     return guest.qmp
+
+
+@pytest.fixture
+def kvm_figure(request):
+    """Record a measured figure of this check: ``kvm_figure("downtime_ms", 42)``.
+
+    It becomes a test property and, in ``--junitxml`` output of every ``junit_family``, a
+    testsuite property ``<test id>.<name>`` (xunit2 allows no testcase properties, and
+    pytest's ``record_property`` warns there); in Allure, a parameter of the test."""
+    def record(name: str, value) -> None:
+        request.node.user_properties.append((name, value))
+        reporting.parameter(name, value)
+    return record

@@ -11,6 +11,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from _pytest.junitxml import xml_key as junit_xml_key  # the LogXML of --junitxml
 
 from . import inventory as inv
 from . import remote, reporting
@@ -25,6 +26,7 @@ from .fixtures import (  # noqa: F401 - fixtures are registered by being here
     guest_factory,
     guest_spec,
     kvm_device_lease,
+    kvm_figure,
     kvm_host,
     kvm_migration_tls,
     kvm_pair,
@@ -335,7 +337,33 @@ def _note_rerun(item: pytest.Item, call) -> None:
             (item.nodeid, reason.splitlines()[0][:300]))
 
 
+class JunitFigures:
+    """Figures (``kvm_figure``) also as testsuite properties ``<test id>.<name>`` of the JUnit
+    XML: xunit2, pytest's default family, has no testcase properties. A plugin where the
+    reports arrive (the controller under xdist, where a session-scoped fixture cannot write)."""
+
+    def __init__(self, xml) -> None:
+        self.xml = xml
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "teardown":
+            for name, value in report.user_properties:
+                self.xml.add_global_property(f"{report.nodeid}.{name}", value)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    config = session.config  # junitxml made its LogXML at configure time
+    xml = config.stash.get(junit_xml_key, None)
+    if xml is not None and inventory_path(config) and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(JunitFigures(xml), "kvm-junit-figures")
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
+    kvm = terminalreporter.config.stash.get(SESSION_KEY, None)
+    if kvm is not None and kvm.channels:  # (under xdist each worker has its own)
+        terminalreporter.write_sep("-", "kvm guests: how their commands went")
+        for guest, channel in sorted(kvm.channels.items()):
+            terminalreporter.write_line(f"{guest}: {channel}")
     reruns = terminalreporter.config.stash.get(RERUNS_KEY, [])
     if reruns:
         terminalreporter.write_sep("=", "kvm reruns (kvm_reruns: a guest died or hung)")

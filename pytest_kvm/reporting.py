@@ -86,6 +86,13 @@ def attach_text(name: str, text: str) -> None:
         allure.attach(text, name=name, attachment_type=allure.attachment_type.TEXT)
 
 
+def parameter(name: str, value) -> None:
+    """A figure shown next to the test's attachments (kept out of its history id, so trends
+    still join runs whose figures differ)."""
+    if allure is not None:
+        allure.dynamic.parameter(name, str(value), excluded=True)
+
+
 def attach_guest(guest, failed: bool) -> None:
     """What a guest-using test's reader needs: the QEMU command line, its console and stderr,
     the QMP exchange; on failure also the guest's lsmod and dmesg."""

@@ -189,13 +189,13 @@ def test_guest_answers(migrated):
     assert migrated.guest.sh("echo pong").strip() == "pong"
 
 
-def test_measured(migrated, record_property):
+def test_measured(migrated, kvm_figure):
     reporting.attach_text("migration numbers", json.dumps(
         [hop.properties() for hop in migrated.hops], indent=1))
     reporting.attach_svg("guest counter across the migration", migrated.chart())
     for i, hop in enumerate(migrated.hops):
         for key, value in hop.properties().items():
-            record_property(f"hop{i}_{key}" if len(migrated.hops) > 1 else key, value)
+            kvm_figure(f"hop{i}_{key}" if len(migrated.hops) > 1 else key, value)
     for hop in migrated.hops:
         assert hop.total_time_ms > 0 and hop.transferred_bytes > 0
         assert hop.guest_gap_ms > 0

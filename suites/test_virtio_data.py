@@ -38,13 +38,13 @@ def net(guest):
     return virtio.net_exchange(guest, *virtio.data_nic(guest))
 
 
-def test_net_host_to_guest(net, record_property):
-    record_property("net_host_to_guest_mib_s", round(net.to_guest.mib_per_s, 2))
+def test_net_host_to_guest(net, kvm_figure):
+    kvm_figure("net_host_to_guest_mib_s", round(net.to_guest.mib_per_s, 2))
     assert net.to_guest.intact, f"{net.to_guest}\n{net.state}"
 
 
-def test_net_guest_to_host(net, record_property):
-    record_property("net_guest_to_host_mib_s", round(net.from_guest.mib_per_s, 2))
+def test_net_guest_to_host(net, kvm_figure):
+    kvm_figure("net_guest_to_host_mib_s", round(net.from_guest.mib_per_s, 2))
     assert net.from_guest.intact, f"{net.from_guest}\n{net.state}"
 
 
@@ -74,7 +74,9 @@ def disk(request, guest):
     return virtio.disk_check(guest, device, f"disk{index}", guest.disk_file(index))
 
 
-def test_disk_reads_back_what_was_written(disk):
+def test_disk_reads_back_what_was_written(disk, kvm_figure):
+    kvm_figure("disk_write_mib_s", disk.write_mib_s)
+    kvm_figure("disk_read_mib_s", disk.read_mib_s)
     assert disk.read_sha == disk.written_sha, (
         f"/dev/{disk.device}: wrote sha256 {disk.written_sha}, read back {disk.read_sha} "
         "(O_DIRECT both ways, caches dropped between)")

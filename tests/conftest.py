@@ -14,6 +14,8 @@ from pytest_kvm.transport import for_entry  # noqa: E402
 
 from rig import SshRig  # noqa: E402
 
+pytest_plugins = ["pytester"]  # plugin-level tests that need no process of their own
+
 
 @pytest.fixture(scope="session")
 def rig():

@@ -147,6 +147,11 @@ def test_the_suites_run_on_the_image_with_nothing_skipped(image, tmp_path, suite
     r = pytest_run(["-q", "-rs", "--hosts", "hosts.ini"], tmp_path, timeout=1800)
     assert r.returncode == 0, r.stdout[-3000:]
     assert f"{passed} passed" in r.stdout and "skipped" not in r.stdout, r.stdout[-1500:]
+    # every guest's commands went through its agent or sshd, not the console
+    channels = r.stdout.split("kvm guests: how their commands went")[1].split("\n=")[0]
+    guests = [line for line in channels.splitlines() if line.startswith("localhost/")]
+    assert guests and all(g.endswith((": agent (linux)", ": ssh (linux)")) for g in guests), \
+        channels
 
 
 def test_kvm_guest_root_boots_the_images_root_with_the_micro_kernel(session, image):

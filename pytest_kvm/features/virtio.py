@@ -232,6 +232,17 @@ class DiskCheck:
     qemu_bytes: int  # the size QEMU gives it
     pattern: int  # the byte written at FLUSH_OFFSET, then looked for in the image on the host
     in_image: str  # qemu-io's verdict on the image file
+    size: int = 0  # bytes written and read back with O_DIRECT
+    write_s: float = 0.0  # ... in this long, as the guest timed them (/proc/uptime: 10 ms)
+    read_s: float = 0.0
+
+    @property
+    def write_mib_s(self) -> float:
+        return round(self.size / MIB / max(self.write_s, 0.01), 2)
+
+    @property
+    def read_mib_s(self) -> float:
+        return round(self.size / MIB / max(self.read_s, 0.01), 2)
 
     @property
     def pattern_in_image(self) -> bool:
@@ -275,12 +286,14 @@ def disk_check(guest: Guest, device: str, node: str, image: str, size: int = 4 *
     dev = f"/dev/{device}"
     where = f"{guest.host.name}/{guest.spec.name}"
     log.info("%s: O_DIRECT write/read of %d bytes on %s", where, size, dev)
-    written = guest.sh(f"head -c {size} /dev/urandom > /tmp/pkvm-pat && sha256sum < "
-                       f"/tmp/pkvm-pat | cut -d' ' -f1 && dd if=/tmp/pkvm-pat of={dev} bs=1M "
-                       f"oflag=direct conv=fsync 2>/dev/null; rm -f /tmp/pkvm-pat").split()[0]
+    up = "cut -d' ' -f1 /proc/uptime"
+    written, t0, t1 = guest.sh(
+        f"head -c {size} /dev/urandom > /tmp/pkvm-pat && sha256sum < /tmp/pkvm-pat | "
+        f"cut -d' ' -f1 && {up} && dd if=/tmp/pkvm-pat of={dev} bs=1M oflag=direct "
+        f"conv=fsync 2>/dev/null; {up}; rm -f /tmp/pkvm-pat").split()[:3]
     guest.sh("sync; echo 3 > /proc/sys/vm/drop_caches")
-    read = guest.sh(f"dd if={dev} bs=1M count={size // MIB} iflag=direct 2>/dev/null | "
-                    f"sha256sum | cut -d' ' -f1").strip()
+    t2, read, t3 = guest.sh(f"{up}; dd if={dev} bs=1M count={size // MIB} iflag=direct "
+                            f"2>/dev/null | sha256sum | cut -d' ' -f1; {up}").split()[:3]
     pattern = 1 + secrets.randbelow(255)
     guest.sh(f"head -c {MIB} /dev/zero | tr '\\000' '\\{pattern:03o}' | dd of={dev} bs=1M "
              f"seek={FLUSH_OFFSET // MIB} oflag=direct conv=fsync 2>/dev/null; sync")
@@ -288,7 +301,8 @@ def disk_check(guest: Guest, device: str, node: str, image: str, size: int = 4 *
                                          str(FLUSH_OFFSET), str(MIB)), check=False, timeout=60)
     size_in_guest = int(guest.sh(f"cat /sys/block/{device}/size")) * 512
     return DiskCheck(device, written, read, size_in_guest, node_size(guest, node), pattern,
-                     (verdict.stdout + verdict.stderr).strip())
+                     (verdict.stdout + verdict.stderr).strip(), size,
+                     float(t1) - float(t0), float(t3) - float(t2))
 
 
 # -- balloon -----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 from . import reporting
 from .errors import KvmError
 from .features import nesting
+from .features.migration import address_of
 from .guest import (
     CloudInit,
     Disk,
@@ -294,7 +295,7 @@ def kvm_migration_tls(kvm_pair):
         return
     from .features.migration import MigrationTls
 
-    tls = MigrationTls(sorted({migration_address(src), migration_address(dst)}))
+    tls = MigrationTls(sorted({address_of(src), address_of(dst)}))
     yield tls
     tls.close()
 
@@ -304,16 +305,6 @@ def kvm_device_lease(kvm_host, kvm_pci, kvm_session):
     """Exclusive use of the module's PCI device (kvm_pci) on its host across xdist workers."""
     with kvm_session.leases.hold(f"{kvm_host.name}-{kvm_pci}"):
         yield kvm_pci
-
-
-def migration_address(host: Host) -> str:
-    """Where peers send migration (and NBD) streams for this host."""
-    cfg = host.entry.config
-    if cfg.migration_address:
-        return cfg.migration_address
-    if cfg.connection == "local" or cfg.parent:
-        return "127.0.0.1"
-    return cfg.host or host.name
 
 
 def _host_if_used(request) -> Host | None:

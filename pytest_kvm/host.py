@@ -10,6 +10,7 @@ import re
 import socket
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import remote
 from .errors import CommandTimeout, KvmError, TransportError
@@ -21,19 +22,37 @@ log = logging.getLogger("pytest_kvm.host")
 
 
 @dataclass(frozen=True)
-class PciFacts:
+class PciDevice:
+    """A PCI function on a host, as sysfs shows it: from the facts probe, or now (host.pci)."""
+
     bdf: str
     present: bool
-    vendor: str = ""
+    vendor: str = ""  # 0x8086
     device: str = ""
-    driver: str = ""
+    driver: str = ""  # bound driver ('' when none)
     iommu_group: str = ""
-    totalvfs: int | None = None
+    totalvfs: int | None = None  # SR-IOV (None: not a PF)
     numvfs: int | None = None
+    override: str = ""  # driver_override
+    pci_class: str = ""  # 0x020000
+    vf_device: str = ""  # sriov_vf_device: the device ID of its VFs
+    autoprobe: str = ""  # sriov_drivers_autoprobe
 
     @property
     def vendor_device(self) -> str:
         return f"{self.vendor.removeprefix('0x')}:{self.device.removeprefix('0x')}"
+
+    @property
+    def vf_vendor_device(self) -> str:
+        """vendor:device of its VFs."""
+        return f"{self.vendor.removeprefix('0x')}:{self.vf_device.removeprefix('0x')}"
+
+    @property
+    def is_bridge(self) -> bool:
+        return self.pci_class.startswith("0x0604")
+
+
+PciFacts = PciDevice  # (the facts probe's name for it)
 
 
 @dataclass(frozen=True)
@@ -142,7 +161,7 @@ def parse_facts(text: str) -> Facts:
 def controller_id() -> str:
     for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
         try:
-            return open(path).read().strip() or socket.gethostname()
+            return Path(path).read_text().strip() or socket.gethostname()
         except OSError:
             continue
     return socket.gethostname()
@@ -150,7 +169,7 @@ def controller_id() -> str:
 
 def process_start(pid: int) -> str:
     try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return ""
 
@@ -447,6 +466,28 @@ class Host:
 
     def write(self, path: str, value: str) -> None:
         self.run(remote.argv("write", value, path), become=True, timeout=60)
+
+    def pci(self, bdf: str) -> PciDevice:
+        """A PCI function's state now (driver, IDs, class, IOMMU group, SR-IOV counts), in
+        one round trip; ``present`` is False when the host has no such device."""
+        if not re.fullmatch(_BDF, bdf):
+            raise KvmError(f"{self.name}: {bdf!r} is not a PCI address (0000:01:00.0)")
+        r = self.run(remote.argv("pci-state", bdf), check=False, timeout=30)
+        if r.status == 3:
+            return PciDevice(bdf, False)
+        if not r.ok:
+            raise KvmError(f"{self.name}: reading {bdf} from sysfs failed: "
+                           f"{(r.stdout + r.stderr).strip()}")
+        v = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+
+        def count(key: str) -> int | None:
+            return int(v[key]) if v.get(key, "").isdigit() else None
+
+        return PciDevice(bdf, True, v.get("vendor", ""), v.get("device", ""),
+                         v.get("driver", ""), v.get("iommu_group", ""),
+                         count("sriov_totalvfs"), count("sriov_numvfs"), v.get("override", ""),
+                         v.get("class", ""), v.get("sriov_vf_device", ""),
+                         v.get("sriov_drivers_autoprobe", ""))
 
     def module_loaded(self, module: str) -> bool:
         return self.run(["test", "-d", f"/sys/module/{module}"], check=False, timeout=30).ok

@@ -14,128 +14,29 @@ setup time, bytes, throughput and the guest-observed gap are recorded as test pr
 from __future__ import annotations
 
 import json
-import random
-import secrets
-import time
 
 import pytest
 
 from pytest_kvm import reporting
 from pytest_kvm.features import migration as mig
-from pytest_kvm.fixtures import migration_address
 from pytest_kvm.guest import Disk, GuestSpec
 
 pytestmark = pytest.mark.kvm_suite("migration")
 
 SPEC = GuestSpec(name="mig", serial=True, disks=(Disk(size="64M"),))
-VARIANTS = ["shared-storage", "copy-storage", "ping-pong", "dirty-memory"]
-
-
-def port() -> int:
-    return random.randrange(40000, 60000)
 
 
 @pytest.fixture(scope="module")
 def shared_dir(kvm_pair):
-    src, dst = kvm_pair
-    path = src.entry.config.shared_storage or dst.entry.config.shared_storage
-    if path is None and src is dst:
-        path = f"{src.workdir}/shared"  # one host: its own disk is shared with itself
-        src.run(["mkdir", "-p", path])
-    if path is None:
-        pytest.skip(f"{src.name}, {dst.name}: no kvm_shared_storage in the inventory")
-    problem = mig.shared_storage_works(src, dst, path)
+    path, problem = mig.shared_storage(*kvm_pair)
     if problem:
         pytest.skip(problem)
     return path
 
 
-class Run:
-    """One variant's migration(s), done once and checked by many tests."""
-
-    def __init__(self, variant, src, dst, factory, shared_dir_path=None, tls=None):
-        self.variant, self.src, self.dst, self.factory = variant, src, dst, factory
-        self.tls = tls
-        self.watch = mig.CounterWatch()
-        self.watches = [self.watch]  # watch k reads QEMU process k ("source") and k+1
-        self.processes = [src.name]
-        self.windows: list[tuple[float, float, str]] = []
-        self.hops: list[mig.Migration] = []
-        self.sources = []
-        # ping-pong and dirty-memory: shared storage where there is some, else a copy
-        self.storage = "copy" if variant == "copy-storage" or (
-            variant != "shared-storage" and shared_dir_path is None) else "shared"
-        spec = SPEC
-        if self.storage == "shared":
-            image = f"{shared_dir_path}/mig-{secrets.token_hex(4)}.qcow2"
-            src.run(["qemu-img", "create", "-q", "-f", "qcow2", image, "64M"])
-            self.cleanup = [(src, image)]
-            spec = SPEC.with_(disks=(Disk(path=image),))
-        else:
-            self.cleanup = []
-        self.spec = spec
-        self.guest = factory(spec, host=src)
-        self.token = secrets.token_hex(8)
-        self.guest.sh(f"echo {self.token} | dd of=/dev/vda bs=512 conv=fsync 2>/dev/null")
-        self.watch.attach(self.guest, "source")
-        self.pid = mig.start_counter(self.guest)
-        self.watch.wait_lines("source", 5, 30)
-        if variant == "dirty-memory":
-            mig.start_dirtying(self.guest)
-        # ping-pong: A->B->A->B; each hop goes to a fresh destination process
-        for to_host in ([dst, src, dst] if variant == "ping-pong" else [dst]):
-            self.hop(to_host)
-
-    def hop(self, to_host):
-        source = self.guest
-        dest = self.factory(self.spec.with_(incoming="defer"), host=to_host, wait=False)
-        self.watch.attach(dest, "destination")
-        address = migration_address(to_host)
-        if self.storage == "copy":
-            mig.mirror_storage(source, dest, address, port(), tls=self.tls)
-        started = time.monotonic()
-        with reporting.step(f"migrate {source.host.name} -> {to_host.name}"):
-            result = mig.migrate(source, dest, address, port(), tls=self.tls,
-                                 auto_converge=self.variant == "dirty-memory")
-        self.windows.append((started, time.monotonic(), f"hop {len(self.hops) + 1}"))
-        self.processes.append(to_host.name)
-        if self.storage == "copy":
-            mig.finish_mirror(source, dest)
-        result.storage = {"copy": "copy (NBD mirror)", "shared": "shared"}[self.storage]
-        mig.wait_running(dest)
-        self.watch.wait_lines("destination", 3, 30)
-        result.guest_gap_ms = int(self.watch.gap() * 1000)
-        self.hops.append(result)
-        self.sources.append(source)
-        self.source_status = source.qmp.execute("query-status")["status"]
-        source.stop()
-        self.guest = dest
-        self.watch = self._rewatch(dest)
-
-    def _rewatch(self, dest):
-        # the next hop measures its own gap: from here on, dest is the "source" side
-        watch = mig.CounterWatch()
-        watch.attach(dest, "source")
-        self.watch.close()
-        self.watches.append(watch)
-        return watch
-
-    def chart(self) -> str:
-        """The guest's counter across the hops, each dot coloured by the QEMU process whose
-        console gave it (a line read twice counts once, at its first arrival)."""
-        first: dict[int, tuple[float, int, str]] = {}
-        for k, watch in enumerate(self.watches):
-            for line in watch.lines:
-                proc = k if line.side == "source" else k + 1
-                name = f"QEMU {proc + 1} on {self.processes[proc]}"
-                if line.count not in first or line.arrived < first[line.count][0]:
-                    first[line.count] = (line.arrived, line.count, name)
-        return reporting.counter_chart(sorted(first.values()), self.windows)
-
-
-@pytest.fixture(scope="module", params=VARIANTS)
+@pytest.fixture(scope="module", params=mig.VARIANTS)
 def migrated(request, kvm_pair, module_guest_factory, kvm_migration_tls):
-    src, dst = kvm_pair
+    """The variant's migration(s), done once and checked by the tests below."""
     shared = None
     if request.param != "copy-storage":
         try:
@@ -143,11 +44,10 @@ def migrated(request, kvm_pair, module_guest_factory, kvm_migration_tls):
         except pytest.skip.Exception:
             if request.param == "shared-storage":
                 raise
-    run = Run(request.param, src, dst, module_guest_factory, shared, kvm_migration_tls)
+    run = mig.Run(request.param, *kvm_pair, SPEC, module_guest_factory, shared,
+                  kvm_migration_tls, reporting.step)
     yield run
-    run.watch.close()
-    for host, path in run.cleanup:
-        host.run(["rm", "-f", path], check=False)
+    run.close()
 
 
 def test_source_is_postmigrate(migrated):
@@ -192,7 +92,8 @@ def test_guest_answers(migrated):
 def test_measured(migrated, kvm_figure):
     reporting.attach_text("migration numbers", json.dumps(
         [hop.properties() for hop in migrated.hops], indent=1))
-    reporting.attach_svg("guest counter across the migration", migrated.chart())
+    reporting.attach_svg("guest counter across the migration",
+                         reporting.counter_chart(migrated.counter_samples(), migrated.windows))
     for i, hop in enumerate(migrated.hops):
         for key, value in hop.properties().items():
             kvm_figure(f"hop{i}_{key}" if len(migrated.hops) > 1 else key, value)

@@ -13,19 +13,14 @@ import pytest
 
 from pytest_kvm.features import vfio
 from pytest_kvm.guest import GuestSpec
-from pytest_kvm.waiting import wait_until
 
 pytestmark = [pytest.mark.kvm_suite("passthrough"), pytest.mark.kvm_devices("kvm_passthrough")]
 
 
 @pytest.fixture(scope="module")
-def device_id(kvm_host, kvm_pci):
-    return vfio.vendor_device(kvm_host, kvm_pci)
-
-
-@pytest.fixture(scope="module")
-def original_driver(kvm_host, kvm_pci, kvm_device_lease):
-    return vfio.driver_of(kvm_host, kvm_pci)
+def original(kvm_host, kvm_pci, kvm_device_lease):
+    """The device before the suite touched it."""
+    return kvm_host.pci(kvm_pci)
 
 
 def test_iommu_group_is_known(kvm_host, kvm_pci):
@@ -35,54 +30,69 @@ def test_iommu_group_is_known(kvm_host, kvm_pci):
 
 
 @pytest.fixture(scope="module")
-def binding(kvm_host, kvm_pci, original_driver, kvm_device_lease):
+def binding(kvm_host, kvm_pci, original):
     """The device on vfio-pci; only when its whole IOMMU group can be handed over."""
     blocking = vfio.blocking_members(kvm_host, kvm_pci, set(kvm_host.named_devices))
     if blocking:
         pytest.skip(f"{kvm_host.name}: {kvm_pci}'s IOMMU group also holds {', '.join(blocking)}"
                     "; name them in kvm_passthrough too, or use another slot")
-    b = vfio.bind_vfio(kvm_host, kvm_pci)
-    yield b
-    b.restore()
+    with vfio.bound(kvm_host, kvm_pci) as b:
+        yield b
 
 
 def test_bound_to_vfio_pci(kvm_host, kvm_pci, binding):
-    assert vfio.driver_of(kvm_host, kvm_pci) == "vfio-pci"
+    assert kvm_host.pci(kvm_pci).driver == "vfio-pci"
 
 
-def test_original_driver_remembered(binding, original_driver):
-    assert binding.original_driver == original_driver
+def test_original_driver_remembered(binding, original):
+    assert binding.original_driver == original.driver
 
 
-def test_guest_sees_the_device_at_boot(kvm_host, kvm_pci, binding, device_id, guest_factory):
+def test_guest_sees_the_device_at_boot(kvm_host, kvm_pci, binding, original, guest_factory):
     guest = guest_factory(GuestSpec(name="pt-boot", devices=(f"vfio-pci,host={kvm_pci}",)),
                           host=kvm_host)
-    assert device_id in vfio.guest_pci_ids(guest)
+    assert original.vendor_device in vfio.guest_pci_ids(guest)
 
 
 @pytest.fixture(scope="module")
 def hotplug_guest(kvm_host, binding, module_guest_factory):
-    """A running guest with a free PCIe root port to plug into."""
+    """A running guest with a free PCIe root port (hp0) to plug into."""
     return module_guest_factory(GuestSpec(name="pt-hotplug", devices=(
         "pcie-root-port,id=hp0,chassis=9,slot=9",)), host=kvm_host)
 
 
-def test_hotplug_adds_the_device(kvm_pci, device_id, hotplug_guest):
-    assert device_id not in vfio.guest_pci_ids(hotplug_guest)
-    hotplug_guest.qmp.execute("device_add", driver="vfio-pci", host=kvm_pci, id="pt0",
-                              bus="hp0")
-    assert wait_until(lambda: device_id in vfio.guest_pci_ids(hotplug_guest), 30,
-                      f"{device_id} in the guest's lspci", step=0.5)
+@pytest.fixture(scope="module")
+def hot_added(kvm_pci, original, hotplug_guest):
+    """(in the guest before device_add, in the guest after it)."""
+    before = original.vendor_device in vfio.guest_pci_ids(hotplug_guest)
+    vfio.hot_add(hotplug_guest, kvm_pci, "pt0", bus="hp0")
+    return before, vfio.shows(hotplug_guest, original.vendor_device)
 
 
-def test_hot_unplug_removes_the_device(device_id, hotplug_guest):
-    hotplug_guest.qmp.execute("device_del", id="pt0")
-    hotplug_guest.qmp.event("DEVICE_DELETED", timeout=60, device="pt0")
-    assert wait_until(lambda: device_id not in vfio.guest_pci_ids(hotplug_guest), 30,
-                      f"{device_id} gone from the guest's lspci", step=0.5)
+@pytest.fixture(scope="module")
+def hot_removed(hot_added, original, hotplug_guest):
+    """Gone from the guest after device_del (and QEMU's DEVICE_DELETED)."""
+    vfio.hot_remove(hotplug_guest, "pt0")
+    return vfio.shows(hotplug_guest, original.vendor_device, present=False)
 
 
-def test_original_driver_restored(kvm_host, kvm_pci, binding, original_driver, hotplug_guest):
-    hotplug_guest.stop()  # nothing holds the device any more
+def test_hotplug_adds_the_device(hot_added, original):
+    before, after = hot_added
+    assert not before, f"{original.vendor_device} in the guest before device_add"
+    assert after, f"{original.vendor_device} not in the guest within 30 s of device_add"
+
+
+def test_hot_unplug_removes_the_device(hot_removed, original):
+    assert hot_removed, f"{original.vendor_device} still in the guest 30 s after device_del"
+
+
+@pytest.fixture(scope="module")
+def restored(kvm_host, kvm_pci, binding, hotplug_guest):
+    """The device after the guests let it go and the binding was undone."""
+    hotplug_guest.stop()
     binding.restore()
-    assert vfio.driver_of(kvm_host, kvm_pci) == original_driver
+    return kvm_host.pci(kvm_pci)
+
+
+def test_original_driver_restored(restored, original):
+    assert restored.driver == original.driver

@@ -19,20 +19,18 @@ pytestmark = [pytest.mark.kvm_suite("sriov"), pytest.mark.kvm_devices("kvm_sriov
 
 @pytest.fixture(scope="module")
 def pf(kvm_host, kvm_pci, kvm_device_lease):
-    """The PF (leased), with its settings saved first and restored at the end of the module."""
+    """The PF (leased), its settings saved and new VFs left unbound; restored at the end."""
     try:
-        state = sriov.save(kvm_host, kvm_pci, reset=kvm_host.entry.config.sriov_reset)
+        state = sriov.prepare(kvm_host, kvm_pci, reset=kvm_host.entry.config.sriov_reset)
     except sriov.PfInUse as exc:
         pytest.skip(str(exc))
-    # VFs meant for vfio-pci must not be grabbed by the VF driver on creation.
-    kvm_host.write(f"/sys/bus/pci/devices/{kvm_pci}/sriov_drivers_autoprobe", "0")
     yield kvm_pci
     state.restore()
 
 
 @pytest.fixture(scope="module")
 def total(kvm_host, pf):
-    return sriov.totalvfs(kvm_host, pf)
+    return kvm_host.pci(pf).totalvfs or 0
 
 
 def test_pf_reports_totalvfs(total):
@@ -49,7 +47,7 @@ def created(request, kvm_host, pf, total):
 
 def test_numvfs_reads_back(kvm_host, pf, created):
     count, _ = created
-    assert sriov.numvfs(kvm_host, pf) == count
+    assert kvm_host.pci(pf).numvfs == count
 
 
 def test_virtfn_links_match(created):
@@ -64,18 +62,21 @@ def test_lspci_lists_each_vf(kvm_host, created):
 
 def test_lspci_vf_ids_match_sriov_vf_device(kvm_host, pf, created):
     _, vfs = created
-    want = sriov.vf_id(kvm_host, pf)
+    want = kvm_host.pci(pf).vf_vendor_device
     seen = {bdf: sriov.lspci_vf_ids(line) for bdf, line in sriov.lspci_lines(kvm_host, vfs).items()}
     assert set(seen.values()) == {want}, seen
 
 
-def test_vf_is_visible_in_a_guest(kvm_host, pf, created, guest_factory):
+@pytest.fixture
+def vf_guest(kvm_host, created, guest_factory):
+    """A guest given the first VF (on vfio-pci while the guest runs, then given back)."""
     _, vfs = created
-    binding = vfio.bind_vfio(kvm_host, vfs[0], check=False)  # a VF of a PF we may use
-    try:
+    with vfio.bound(kvm_host, vfs[0], check=False):  # a VF of a PF we may use
         guest = guest_factory(GuestSpec(name="vf-guest", devices=(f"vfio-pci,host={vfs[0]}",)),
                               host=kvm_host)
-        assert sriov.vf_id(kvm_host, pf) in vfio.guest_pci_ids(guest)
+        yield guest
         guest.stop()
-    finally:
-        binding.restore()
+
+
+def test_vf_is_visible_in_a_guest(kvm_host, pf, vf_guest):
+    assert kvm_host.pci(pf).vf_vendor_device in vfio.guest_pci_ids(vf_guest)

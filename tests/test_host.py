@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import platform
+from pathlib import Path
 
+import pytest
+
+from pytest_kvm.errors import KvmError
 from pytest_kvm.host import Host, parse_facts
 from pytest_kvm.inventory import parse
 from pytest_kvm.transport import for_entry
@@ -47,3 +52,19 @@ def test_pci_facts_parse():
     assert (pf.vendor_device, pf.driver, pf.iommu_group, pf.totalvfs, pf.numvfs) == (
         "8086:10c9", "igb", "7", 7, 0)
     assert not f.pci["0000:02:00.0"].present
+
+
+def test_pci_reads_a_device_as_sysfs_shows_it_now(rig):
+    inv = parse(rig.inventory())
+    host = Host(inv.hosts["host1"], for_entry(inv.hosts["host1"], inv))
+    bdf = sorted(os.listdir("/sys/bus/pci/devices"))[0]  # the namespaced host shares sysfs
+    sysfs = f"/sys/bus/pci/devices/{bdf}"
+    dev = host.pci(bdf)
+    assert dev.present and dev.vendor == Path(f"{sysfs}/vendor").read_text().strip()
+    assert dev.pci_class == Path(f"{sysfs}/class").read_text().strip()
+    assert dev.driver == (os.path.basename(os.readlink(f"{sysfs}/driver"))
+                          if os.path.exists(f"{sysfs}/driver") else "")
+    assert dev.totalvfs is None  # not a PF
+    assert not host.pci("0000:7f:1f.7").present
+    with pytest.raises(KvmError, match="is not a PCI address"):
+        host.pci("0000:00:00.0; reboot")

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from pytest_kvm.features import sriov, vfio
+from pytest_kvm.features import vfio
 from pytest_kvm.fixtures import KvmSession
 from pytest_kvm.guest import Owner
 from pytest_kvm.inventory import parse
@@ -55,11 +55,9 @@ def lab1():
 
 
 def state(host):
-    pf = f"/sys/bus/pci/devices/{PF}"
-    return {"driver": vfio.driver_of(host, NIC),
-            "override": host.read(f"/sys/bus/pci/devices/{NIC}/driver_override"),
-            "numvfs": sriov.numvfs(host, PF),
-            "autoprobe": host.read(f"{pf}/sriov_drivers_autoprobe"),
+    nic, pf = host.pci(NIC), host.pci(PF)
+    return {"driver": nic.driver, "override": nic.override, "numvfs": pf.numvfs,
+            "autoprobe": pf.autoprobe,
             "qemu": host.run(["pgrep", "-f", "[q]emu-system"], check=False).stdout.split()}
 
 

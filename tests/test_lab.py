@@ -70,17 +70,17 @@ def lab1_guest(session):
 
 def test_bind_to_vfio_and_restore(lab1):
     b = vfio.bind_vfio(lab1, NIC)
-    assert vfio.driver_of(lab1, NIC) == "vfio-pci" and b.original_driver == "e1000e"
+    assert lab1.pci(NIC).driver == "vfio-pci" and b.original_driver == "e1000e"
     assert lab1.run(["test", "-c", f"/dev/vfio/{vfio.iommu_group(lab1, NIC)[0]}"]).ok
     b.restore()
-    assert vfio.driver_of(lab1, NIC) == "e1000e"
+    assert lab1.pci(NIC).driver == "e1000e"
     assert lab1.read(f"/sys/bus/pci/devices/{NIC}/driver_override") == "(null)"
 
 
 def test_the_management_nic_is_never_unbound(lab1):
     with pytest.raises(vfio.PassthroughError, match="carries the host's management connection"):
         vfio.bind_vfio(lab1, MGMT)
-    assert vfio.driver_of(lab1, MGMT) == "virtio-pci"
+    assert lab1.pci(MGMT).driver == "virtio-pci"
 
 
 def test_a_device_the_inventory_does_not_name_is_never_touched(lab1):
@@ -95,31 +95,29 @@ def test_numvfs_round_trip(lab1):
     sriov.set_numvfs(lab1, PF, 2)
     assert len(sriov.vfs(lab1, PF)) == 2
     state.restore()
-    assert sriov.numvfs(lab1, PF) == state.numvfs == 0
+    assert lab1.pci(PF).numvfs == state.numvfs == 0
 
 
 FAILING = textwrap.dedent('''
     import pytest
-    from pytest_kvm.features import sriov
     from test_sriov import pf, total, created  # noqa: F401 - the suite's own fixtures
-    from test_passthrough import binding, original_driver  # noqa: F401
+    from test_passthrough import binding, original  # noqa: F401
 
     pytestmark = [pytest.mark.kvm_suite("sriov"), pytest.mark.kvm_devices("kvm_sriov_pf")]
 
     def test_fails_with_vfs_created(kvm_host, pf, created):
-        assert sriov.numvfs(kvm_host, pf) > 0
+        assert kvm_host.pci(pf).numvfs > 0
         raise AssertionError("forced failure with VFs created")
 ''')
 FAILING_PT = textwrap.dedent('''
     import pytest
-    from pytest_kvm.features import vfio
-    from test_passthrough import binding, original_driver  # noqa: F401
+    from test_passthrough import binding, original  # noqa: F401
 
     pytestmark = [pytest.mark.kvm_suite("passthrough"),
                   pytest.mark.kvm_devices("kvm_passthrough")]
 
     def test_fails_with_device_on_vfio(kvm_host, kvm_pci, binding):
-        assert vfio.driver_of(kvm_host, kvm_pci) == "vfio-pci"
+        assert kvm_host.pci(kvm_pci).driver == "vfio-pci"
         raise AssertionError("forced failure with the device on vfio-pci")
 ''')
 CHECK = textwrap.dedent('''
@@ -206,7 +204,7 @@ def test_the_management_guard_sees_through_bridges_bonds_vlans_and_macvlans(lab1
                   "metric", "5000"])
         with pytest.raises(vfio.PassthroughError, match="carries the host's management"):
             vfio.bind_vfio(lab1, NIC)
-        assert vfio.driver_of(lab1, NIC) == "e1000e"
+        assert lab1.pci(NIC).driver == "e1000e"
     finally:
         lab1.run(["sh", "-c", UNSTACK], check=False, timeout=60)
         lab1.run(["ip", "link", "set", ifname, "up"], check=False)
@@ -224,7 +222,7 @@ def test_a_pf_whose_vfs_are_in_use_is_not_reset(lab1):
         with pytest.raises(sriov.PfInUse, match="has VFs in use by something else: 0000:01:10.0 "
                                                 r"\(igbvf\)"):
             sriov.save(lab1, PF)
-        assert sriov.numvfs(lab1, PF) == 2  # untouched
+        assert lab1.pci(PF).numvfs == 2  # untouched
         state = sriov.save(lab1, PF, reset=True)  # kvm_sriov_reset=yes
         assert state.numvfs == 2
         state.restore()  # journalled: marked done

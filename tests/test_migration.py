@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pytest_kvm.features import migration as mig
-from pytest_kvm.fixtures import KvmSession, migration_address
+from pytest_kvm.fixtures import KvmSession
 from pytest_kvm.guest import Disk, GuestSpec, Owner
 from pytest_kvm.inventory import parse
 
@@ -75,7 +75,7 @@ def test_destination_killed_mid_migration(session, hosts):
 
         def run():
             try:
-                mig.migrate(src, dst, migration_address(hosts[1]),
+                mig.migrate(src, dst, mig.address_of(hosts[1]),
                             random.randrange(40000, 60000), timeout=60, max_bandwidth=2_000_000)
             except mig.MigrationError as exc:
                 errors.append(str(exc))
@@ -99,7 +99,7 @@ def test_timeout_cancels_and_says_so(session, hosts):
     try:
         mig.start_dirtying(src, 32)
         with pytest.raises(mig.MigrationError, match=r"did not converge within 3 s: still"):
-            mig.migrate(src, dst, migration_address(hosts[1]), random.randrange(40000, 60000),
+            mig.migrate(src, dst, mig.address_of(hosts[1]), random.randrange(40000, 60000),
                         timeout=3, max_bandwidth=1_000_000)
         deadline = time.monotonic() + 30
         while src.qmp.execute("query-migrate").get("status") not in ("cancelled", "failed"):
@@ -128,7 +128,7 @@ def test_tls_migration_and_mirror_between_namespaced_hosts(rig, tmp_path):
 def test_a_source_without_tls_cannot_migrate_to_a_tls_destination(session, hosts):
     """The destination requires TLS: a plain stream is refused (TLS is enforced, not offered)."""
     h1, h2 = hosts
-    tls = mig.MigrationTls([migration_address(h2)])
+    tls = mig.MigrationTls([mig.address_of(h2)])
     src = session.start_guest(h1, SPEC, "tls-src")
     dst = session.start_guest(h2, SPEC.with_(incoming="defer"), "tls-dst", wait=False)
     try:
@@ -136,7 +136,7 @@ def test_a_source_without_tls_cannot_migrate_to_a_tls_destination(session, hosts
         dst.qmp.execute("migrate-set-parameters", tls_creds="tls0")
         port = random.randrange(40000, 60000)
         with pytest.raises(mig.MigrationError, match="ended 'failed'"):
-            mig.migrate(src, dst, migration_address(h2), port, timeout=60)
+            mig.migrate(src, dst, mig.address_of(h2), port, timeout=60)
     finally:
         for g in (src, dst):
             g.stop()

@@ -11,17 +11,22 @@ number once, in order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import random
 import re
+import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from .. import remote
 from ..errors import KvmError
-from ..guest import Guest
+from ..guest import Disk, Guest, GuestSpec
 from ..host import Host
+from ..waiting import wait_until
 
 log = logging.getLogger("pytest_kvm.migration")
 
@@ -216,21 +221,49 @@ def migrate(source: Guest, destination: Guest, address: str, port: int, *,
 
 
 def wait_running(guest: Guest, timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    status = ""
-    while time.monotonic() < deadline:
-        status = guest.qmp.execute("query-status")["status"]
-        if status == "running":
-            return status
-        time.sleep(0.2)
-    return status
+    """Wait for the (destination) guest to run; WaitTimeout naming its last status."""
+    where = f"{guest.host.name}/{guest.spec.name}"
+    status = {"now": ""}
+
+    def running() -> bool:
+        status["now"] = guest.qmp.execute("query-status")["status"]
+        return status["now"] == "running"
+
+    wait_until(running, timeout, f"{where}: running after the migration", step=0.2)
+    return status["now"]
 
 
 # -- storage ---------------------------------------------------------------------------------
+def address_of(host: Host) -> str:
+    """Where peers send migration (and NBD) streams for this host."""
+    cfg = host.entry.config
+    if cfg.migration_address:
+        return cfg.migration_address
+    if cfg.connection == "local" or cfg.parent:
+        return "127.0.0.1"
+    return cfg.host or host.name
+
+
+def port() -> int:
+    return random.randrange(40000, 60000)
+
+
+def shared_storage(src: Host, dst: Host) -> tuple[str | None, str | None]:
+    """(the directory both hosts share, None) or (None, why there is none): the inventory's
+    kvm_shared_storage, proved by a token written on one and read on the other; one host
+    shares its own work dir with itself."""
+    path = src.entry.config.shared_storage or dst.entry.config.shared_storage
+    if path is None and src is dst:
+        path = f"{src.workdir}/shared"
+        src.run(["mkdir", "-p", path])
+    if path is None:
+        return None, f"{src.name}, {dst.name}: no kvm_shared_storage in the inventory"
+    problem = shared_storage_works(src, dst, path)
+    return (None, problem) if problem else (path, None)
+
+
 def shared_storage_works(src: Host, dst: Host, path: str) -> str | None:
     """None when a token written on the source is read on the destination; else why not."""
-    import secrets
-
     token = secrets.token_hex(8)
     probe = f"{path}/.pytest-kvm-probe-{token}"
     try:
@@ -374,3 +407,106 @@ class MigrationTls:
         import shutil
 
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# -- a migration run, as the suite checks it ----------------------------------------------------
+VARIANTS = ("shared-storage", "copy-storage", "ping-pong", "dirty-memory")
+StartGuest = Callable[..., Guest]  # start(spec, host=..., wait=...): the fixtures' factory
+
+
+class Run:
+    """One variant's migration(s) of a guest running the counter, done once and checked by
+    many tests: shared-storage, copy-storage (an overlay per host, mirrored over NBD),
+    ping-pong (A->B->A->B, a fresh destination each hop), dirty-memory (a memory-dirtying
+    load, auto-converge on). Ping-pong and dirty-memory use shared storage where there is
+    some. Guests come from ``start`` (which stops them); ``close()`` removes the rest."""
+
+    def __init__(self, variant: str, src: Host, dst: Host, spec: GuestSpec, start: StartGuest,
+                 shared_dir: str | None = None, tls: MigrationTls | None = None,
+                 step: Callable[[str], contextlib.AbstractContextManager] | None = None):
+        self.variant, self.src, self.dst, self.start, self.tls = variant, src, dst, start, tls
+        self.step = step or (lambda title: contextlib.nullcontext())
+        self.watch = CounterWatch()
+        self.watches = [self.watch]  # watch k reads QEMU process k ("source") and k+1
+        self.processes = [src.name]
+        self.windows: list[tuple[float, float, str]] = []
+        self.hops: list[Migration] = []
+        self.sources: list[Guest] = []
+        self.source_status = ""
+        self.cleanup: list[tuple[Host, str]] = []
+        self.storage = "copy" if variant == "copy-storage" or (
+            variant != "shared-storage" and shared_dir is None) else "shared"
+        if self.storage == "shared":
+            image = f"{shared_dir}/mig-{secrets.token_hex(4)}.qcow2"
+            src.run(["qemu-img", "create", "-q", "-f", "qcow2", image, "64M"])
+            self.cleanup.append((src, image))
+            spec = spec.with_(disks=(Disk(path=image),))
+        self.spec = spec
+        log.info("%s migration %s -> %s (%s storage)", variant, src.name,
+                 dst.name, self.storage)
+        try:
+            self._run()
+        except BaseException:
+            self.close()  # (its guests are the factory's to stop)
+            raise
+
+    def _run(self) -> None:
+        src, dst, variant = self.src, self.dst, self.variant
+        self.guest = self.start(self.spec, host=src)
+        self.token = secrets.token_hex(8)
+        self.guest.sh(f"echo {self.token} | dd of=/dev/vda bs=512 conv=fsync 2>/dev/null")
+        self.watch.attach(self.guest, "source")
+        self.pid = start_counter(self.guest)
+        self.watch.wait_lines("source", 5, 30)
+        if variant == "dirty-memory":
+            start_dirtying(self.guest)
+        for to_host in ([dst, src, dst] if variant == "ping-pong" else [dst]):
+            self.hop(to_host)
+
+    def hop(self, to_host: Host) -> None:
+        source = self.guest
+        dest = self.start(self.spec.with_(incoming="defer"), host=to_host, wait=False)
+        self.watch.attach(dest, "destination")
+        address = address_of(to_host)
+        if self.storage == "copy":
+            mirror_storage(source, dest, address, port(), tls=self.tls)
+        started = time.monotonic()
+        with self.step(f"migrate {source.host.name} -> {to_host.name}"):
+            result = migrate(source, dest, address, port(), tls=self.tls,
+                             auto_converge=self.variant == "dirty-memory")
+        self.windows.append((started, time.monotonic(), f"hop {len(self.hops) + 1}"))
+        self.processes.append(to_host.name)
+        if self.storage == "copy":
+            finish_mirror(source, dest)
+        result.storage = {"copy": "copy (NBD mirror)", "shared": "shared"}[self.storage]
+        wait_running(dest)
+        self.watch.wait_lines("destination", 3, 30)
+        result.guest_gap_ms = int(self.watch.gap() * 1000)
+        self.hops.append(result)
+        self.sources.append(source)
+        self.source_status = source.qmp.execute("query-status")["status"]
+        source.stop()
+        self.guest = dest
+        # the next hop measures its own gap: from here on, dest is the "source" side
+        watch = CounterWatch()
+        watch.attach(dest, "source")
+        self.watch.close()
+        self.watches.append(watch)
+        self.watch = watch
+
+    def counter_samples(self) -> list[tuple[float, int, str]]:
+        """The guest's counter across the hops as (arrival, count, QEMU process) — a line
+        read from two consoles counts once, at its first arrival."""
+        first: dict[int, tuple[float, int, str]] = {}
+        for k, watch in enumerate(self.watches):
+            for line in watch.lines:
+                proc = k if line.side == "source" else k + 1
+                name = f"QEMU {proc + 1} on {self.processes[proc]}"
+                if line.count not in first or line.arrived < first[line.count][0]:
+                    first[line.count] = (line.arrived, line.count, name)
+        return sorted(first.values())
+
+    def close(self) -> None:
+        self.watch.close()
+        for host, path in self.cleanup:
+            host.run(["rm", "-f", path], check=False)

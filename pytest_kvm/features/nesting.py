@@ -17,6 +17,7 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .. import remote
 from ..errors import KvmError
@@ -78,7 +79,7 @@ def keypair(directory: str) -> tuple[str, str]:
             f.write(private)
         with open(path + ".pub", "w") as f:
             f.write(public + "\n")
-    return path, open(path + ".pub").read().strip()
+    return path, Path(path + ".pub").read_text().strip()
 
 
 def l1_spec(name: str, parent: Host, opts: L1Options, pubkey: str, port: int) -> GuestSpec:

@@ -30,30 +30,14 @@ class PfState(Change):
         return f"{self.pf} sriov_numvfs={self.numvfs} drivers_autoprobe={self.autoprobe}"
 
 
-def _pf(pf: str) -> str:
-    return f"/sys/bus/pci/devices/{pf}"
-
-
-def totalvfs(host: Host, pf: str) -> int:
-    return int(host.read(f"{_pf(pf)}/sriov_totalvfs", "0") or 0)
-
-
-def numvfs(host: Host, pf: str) -> int:
-    return int(host.read(f"{_pf(pf)}/sriov_numvfs", "0") or 0)
-
-
 class PfInUse(SriovError):
     """The PF already has VFs that a driver (so something else) is using."""
 
 
 def vfs_in_use(host: Host, pf: str) -> list[str]:
     """The PF's VFs that a driver is bound to, as ``bdf (driver)``."""
-    out = []
-    for vf in vfs(host, pf):
-        r = host.run(["readlink", f"/sys/bus/pci/devices/{vf}/driver"], check=False, timeout=30)
-        if r.ok and r.stdout.strip():
-            out.append(f"{vf} ({r.stdout.strip().rsplit('/', 1)[-1]})")
-    return out
+    drivers = {vf: host.pci(vf).driver for vf in vfs(host, pf)}
+    return [f"{vf} ({driver})" for vf, driver in drivers.items() if driver]
 
 
 def save(host: Host, pf: str, reset: bool = False) -> PfState:
@@ -62,13 +46,21 @@ def save(host: Host, pf: str, reset: bool = False) -> PfState:
     A PF whose VFs are in use by something else is not reset (PfInUse) unless ``reset``.
     """
     check_allowed(host, pf)
-    used = vfs_in_use(host, pf) if numvfs(host, pf) else []
+    device = host.pci(pf)
+    used = vfs_in_use(host, pf) if device.numvfs else []
     if used and not reset:
         raise PfInUse(f"{host.name}: {pf} has VFs in use by something else: {', '.join(used)}; "
                       "pytest-kvm does not reset it (set kvm_sriov_reset=yes to allow it)")
-    state = PfState(host, pf, numvfs(host, pf),
-                    host.read(f"{_pf(pf)}/sriov_drivers_autoprobe", "1"))
+    state = PfState(host, pf, device.numvfs or 0, device.autoprobe or "1")
     state.record()
+    return state
+
+
+def prepare(host: Host, pf: str, reset: bool = False) -> PfState:
+    """The PF saved (``save``), then set so that new VFs stay unbound: they are meant for
+    vfio-pci, not for the VF driver. ``restore()`` puts numvfs and autoprobe back."""
+    state = save(host, pf, reset)
+    host.write(f"/sys/bus/pci/devices/{pf}/sriov_drivers_autoprobe", "0")
     return state
 
 
@@ -87,12 +79,6 @@ def vfs(host: Host, pf: str) -> list[str]:
     pairs = sorted((int(i), path.rsplit("/", 1)[-1]) for i, path in
                    (line.split() for line in out.splitlines() if line.strip()))
     return [bdf for _, bdf in pairs]
-
-
-def vf_id(host: Host, pf: str) -> str:
-    """vendor:device of the PF's VFs (sriov_vf_device)."""
-    vendor = host.read(f"{_pf(pf)}/vendor").removeprefix("0x")
-    return f"{vendor}:{host.read(f'{_pf(pf)}/sriov_vf_device')}"
 
 
 def lspci_lines(host: Host, bdfs: list[str]) -> dict[str, str]:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .. import remote
 from ..host import Change, Host, HostChangeError
+from ..waiting import WaitTimeout, wait_until
+
+log = logging.getLogger("pytest_kvm.vfio")
 
 
 class PassthroughError(HostChangeError):
@@ -54,26 +60,21 @@ def iommu_group(host: Host, bdf: str) -> tuple[str, list[str]]:
     return (lines[0], sorted(lines[1:])) if lines else ("", [])
 
 
-def is_bridge(host: Host, bdf: str) -> bool:
-    return host.read(f"/sys/bus/pci/devices/{bdf}/class", "").startswith("0x0604")
-
-
 def blocking_members(host: Host, bdf: str, allowed: set[str]) -> list[str]:
     """Group members that stop the device from being handed over alone: anything that is not
     the device itself, a bridge, or another device the inventory lets us use."""
     _, members = iommu_group(host, bdf)
-    return [m for m in members if m != bdf and m not in allowed and not is_bridge(host, m)]
+    return [m for m in members if m != bdf and m not in allowed and not host.pci(m).is_bridge]
 
 
 def bind_vfio(host: Host, bdf: str, check: bool = True) -> Binding:
     """Bind a named device to vfio-pci via driver_override, remembering its driver."""
     if check:
         check_allowed(host, bdf)
-    state = host.run(remote.argv("pci-state", bdf), check=False, timeout=30)
-    if not state.ok:
-        raise PassthroughError(f"{host.name}: {state.stdout.strip()}")
-    values = dict(line.split("=", 1) for line in state.stdout.splitlines() if "=" in line)
-    binding = Binding(host, bdf, values.get("driver", ""), values.get("override", "(null)"))
+    device = host.pci(bdf)
+    if not device.present:
+        raise PassthroughError(f"{host.name}: no PCI device {bdf}")
+    binding = Binding(host, bdf, device.driver, device.override or "(null)")
     binding.record()  # on the host before the change: a run that dies still gets it undone
     r = host.run(remote.argv("vfio-bind", bdf), become=True, check=False, timeout=120)
     if not r.ok:
@@ -86,15 +87,14 @@ def bind_vfio(host: Host, bdf: str, check: bool = True) -> Binding:
     return binding
 
 
-def driver_of(host: Host, bdf: str) -> str:
-    r = host.run(["readlink", f"/sys/bus/pci/devices/{bdf}/driver"], check=False, timeout=30)
-    return r.stdout.strip().rsplit("/", 1)[-1] if r.ok else ""
-
-
-def vendor_device(host: Host, bdf: str) -> str:
-    d = f"/sys/bus/pci/devices/{bdf}"
-    v, dev = host.read(f"{d}/vendor"), host.read(f"{d}/device")
-    return f"{v.removeprefix('0x')}:{dev.removeprefix('0x')}"
+@contextlib.contextmanager
+def bound(host: Host, bdf: str, check: bool = True) -> Iterator[Binding]:
+    """The device on vfio-pci for the ``with`` block, then back on its own driver."""
+    binding = bind_vfio(host, bdf, check)
+    try:
+        yield binding
+    finally:
+        binding.restore()
 
 
 GUEST_PCI_IDS = ("for d in /sys/bus/pci/devices/*; do "
@@ -104,3 +104,30 @@ GUEST_PCI_IDS = ("for d in /sys/bus/pci/devices/*; do "
 def guest_pci_ids(guest) -> list[str]:
     """vendor:device of every PCI device the guest sees."""
     return guest.sh(GUEST_PCI_IDS).split()
+
+
+def shows(guest, device_id: str, present: bool = True, timeout: float = 30) -> bool:
+    """Whether the guest's PCI devices come to include (or no longer include) vendor:device
+    ``device_id`` within ``timeout`` seconds."""
+    try:
+        wait_until(lambda: (device_id in guest_pci_ids(guest)) == present, timeout,
+                   f"{device_id} {'in' if present else 'gone from'} the guest's PCI devices",
+                   step=0.5)
+        return True
+    except WaitTimeout:
+        return False
+
+
+def hot_add(guest, bdf: str, dev_id: str, bus: str) -> None:
+    """QMP device_add of a host device (bound to vfio-pci) into a running guest, on a free
+    PCIe root port ``bus``."""
+    log.info("%s/%s: device_add vfio-pci %s as %s on %s", guest.host.name, guest.spec.name,
+             bdf, dev_id, bus)
+    guest.qmp.execute("device_add", driver="vfio-pci", host=bdf, id=dev_id, bus=bus)
+
+
+def hot_remove(guest, dev_id: str, timeout: float = 60) -> None:
+    """QMP device_del, and QEMU's DEVICE_DELETED for it (the guest let it go)."""
+    log.info("%s/%s: device_del %s", guest.host.name, guest.spec.name, dev_id)
+    guest.qmp.execute("device_del", id=dev_id)
+    guest.qmp.event("DEVICE_DELETED", timeout=timeout, device=dev_id)

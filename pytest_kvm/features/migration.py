@@ -26,7 +26,7 @@ from .. import remote
 from ..errors import KvmError
 from ..guest import Disk, Guest, GuestSpec
 from ..host import Host
-from ..waiting import wait_until
+from ..waiting import WaitTimeout, wait_until
 
 log = logging.getLogger("pytest_kvm.migration")
 
@@ -87,13 +87,10 @@ class CounterWatch:
         threading.Thread(target=pump, daemon=True, name=f"counter-{side}").start()
 
     def wait_lines(self, side: str, count: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if sum(1 for line in self.lines if line.side == side) >= count:
-                return
-            time.sleep(0.1)
-        raise MigrationError(f"the guest's counter did not reach the {side} console "
-                             f"within {timeout:g} s")
+        """WaitTimeout when the guest's counter did not print ``count`` lines on the console
+        of this side in time."""
+        wait_until(lambda: sum(1 for line in self.lines if line.side == side) >= count,
+                   timeout, f"{count} counter lines on the {side} console", step=0.1)
 
     def gap(self) -> float:
         """Largest interval (s) between consecutive lines from the last source line on."""
@@ -137,14 +134,10 @@ class Migration:
 def start_counter(guest: Guest) -> int:
     """Start the workload; returns its PID in the guest."""
     guest.sh("rm -f /tmp/counter.log; " + COUNTER)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        out = guest.sh("tail -n1 /tmp/counter.log 2>/dev/null; true")
-        m = LINE_RE.search(out)
-        if m:
-            return int(m.group(2))
-        time.sleep(0.2)
-    raise MigrationError(f"{guest!r}: the counter workload did not start")
+    line = wait_until(lambda: LINE_RE.search(guest.sh("tail -n1 /tmp/counter.log 2>/dev/null; "
+                                                      "true")),
+                      20, f"{guest!r}: the counter workload's first line", step=0.2)
+    return int(line.group(2))
 
 
 def counter_log(guest: Guest) -> list[tuple[int, int, float]]:
@@ -187,13 +180,17 @@ def migrate(source: Guest, destination: Guest, address: str, port: int, *,
     if max_bandwidth:
         source.qmp.execute("migrate-set-parameters", max_bandwidth=max_bandwidth)
     source.qmp.execute("migrate", uri=uri)
-    deadline = time.monotonic() + timeout
-    info: dict = {}
-    while time.monotonic() < deadline:
-        info = source.qmp.execute("query-migrate")
-        if info.get("status") in ("completed", "failed", "cancelled"):
-            break
-        time.sleep(0.2)
+    last: dict = {"info": {}}
+
+    def ended() -> bool:
+        last["info"] = source.qmp.execute("query-migrate")
+        return last["info"].get("status") in ("completed", "failed", "cancelled")
+
+    try:
+        wait_until(ended, timeout, "the migration's end", step=0.2)
+    except WaitTimeout:
+        pass  # cancelled below, with what QEMU last said
+    info = last["info"]
     status = info.get("status", "unknown")
     if status != "completed":
         ram = info.get("ram", {})

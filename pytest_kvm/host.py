@@ -575,9 +575,9 @@ class Leases:
                     lock = FileLock(os.path.join(self.dir, _lease_file(name)))
                     try:
                         lock.acquire(timeout=self.timeout)
-                    except Timeout:
+                    except Timeout as exc:
                         raise LeaseTimeout(f"{name} stayed leased by another worker for "
-                                           f"{self.timeout:g} s") from None
+                                           f"{self.timeout:g} s") from exc
                     locks.append(lock)
                 yield
             finally:

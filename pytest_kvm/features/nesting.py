@@ -127,7 +127,7 @@ def provision(parent: Host, entry: HostEntry, opts: L1Options, keydir: str,
             if "host forwarding" in str(exc) and attempt < 3:
                 continue  # the port was taken: another one
             raise NestedHostError(f"{entry.name}: the L1 guest on {parent.name} did not "
-                                  f"start: {exc}") from None
+                                  f"start: {exc}") from exc
     try:
         log = guest.read_log("console.log", 400)
         match = HOSTKEY_RE.search(log)

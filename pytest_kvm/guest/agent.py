@@ -41,7 +41,7 @@ class Agent:
         try:
             self.stream.send(json.dumps(message).encode() + b"\n")
         except OSError as exc:
-            raise AgentUnavailable(f"{self.name}: agent channel closed ({exc})") from None
+            raise AgentUnavailable(f"{self.name}: agent channel closed ({exc})") from exc
 
     def _line(self, deadline: float) -> bytes:
         while b"\n" not in self._buf:
@@ -85,9 +85,9 @@ class Agent:
         while True:
             try:
                 line = self._line(deadline)
-            except TimeoutError:
+            except TimeoutError as exc:
                 raise AgentUnavailable(f"{self.name}: no answer to {command} within "
-                                       f"{timeout:g} s") from None
+                                       f"{timeout:g} s") from exc
             try:
                 reply = json.loads(line.lstrip(b"\xff"))
             except ValueError:

@@ -38,8 +38,8 @@ class Console(SpawnBase):
             timeout = self.timeout
         try:
             data = self.stream.recv(size, timeout)
-        except TimeoutError:
-            raise pexpect.TIMEOUT(f"{self.name}: console silent for {timeout} s") from None
+        except TimeoutError as exc:
+            raise pexpect.TIMEOUT(f"{self.name}: console silent for {timeout} s") from exc
         except OSError as exc:
             data = b""
             self.closed = bool(exc)
@@ -55,9 +55,9 @@ class Console(SpawnBase):
         self._log(s, "send")
         try:
             self.stream.send(data)
-        except OSError:  # the channel is gone (QEMU exited, or the host's connection)
+        except OSError as exc:  # the channel is gone (QEMU exited, or the host's connection)
             self.flag_eof = True
-            raise pexpect.EOF(f"{self.name}: console closed") from None
+            raise pexpect.EOF(f"{self.name}: console closed") from exc
         return len(data)
 
     def sendline(self, s: str = "") -> int:
@@ -92,13 +92,13 @@ class Console(SpawnBase):
                           f"echo {end[:4]}''{end[4:]} $?")
             self.expect_exact(begin + "\r\n", timeout=timeout)
             self.expect(re.escape(end) + r" (\d+)\r?\n", timeout=timeout)
-        except pexpect.TIMEOUT:
+        except pexpect.TIMEOUT as exc:
             self.sendcontrol("c")  # interrupt it so the console is usable again
             raise GuestCommandTimeout(f"{self.name}: `{command}` did not finish within "
-                                      f"{timeout:g} s (interrupted)") from None
-        except pexpect.EOF:
+                                      f"{timeout:g} s (interrupted)") from exc
+        except pexpect.EOF as exc:
             raise ConsoleClosed(f"{self.name}: the guest went away while running "
-                                f"`{command}`") from None
+                                f"`{command}`") from exc
         status = int(self.match.group(1))
         output = self.before.replace("\r\n", "\n").replace("\r", "")
         return status, output

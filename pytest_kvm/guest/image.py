@@ -146,11 +146,11 @@ def _sh(*argv: str, cwd: str | None = None) -> str:
     try:
         return subprocess.run(argv, cwd=cwd, check=True, capture_output=True, text=True,
                               timeout=600).stdout
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
         raise KvmError(f"{argv[0]} not found on the controller (needed to build the micro "
-                       "guest); on Debian: apt-get install dpkg kmod busybox-static") from None
+                       "guest); on Debian: apt-get install dpkg kmod busybox-static") from exc
     except subprocess.CalledProcessError as exc:
-        raise KvmError(f"`{' '.join(argv)}` failed: {exc.stderr.strip()[-500:]}") from None
+        raise KvmError(f"`{' '.join(argv)}` failed: {exc.stderr.strip()[-500:]}") from exc
 
 
 def debian_kernel_package() -> str:

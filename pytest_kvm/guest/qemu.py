@@ -115,10 +115,10 @@ class Guest:
     def _run_agent(self, command: str, timeout: float) -> tuple[int, str]:
         try:
             status, out, err = self.agent.run(command, timeout)
-        except AgentUnavailable:
+        except AgentUnavailable as exc:
             self._raise_if_host_lost(command)
             if not self.alive():
-                raise self.describe_death(f"QEMU went away while running `{command}`") from None
+                raise self.describe_death(f"QEMU went away while running `{command}`") from exc
             raise
         if status is None:
             raise GuestCommandTimeout(f"{self.host.name}/{self.spec.name}: `{command}` did not "
@@ -128,13 +128,13 @@ class Guest:
     def _run_ssh(self, command: str, timeout: float) -> tuple[int, str]:
         try:
             r = self.ssh.run(command, timeout=timeout, check=False)
-        except CommandTimeout:
+        except CommandTimeout as exc:
             raise GuestCommandTimeout(f"{self.host.name}/{self.spec.name}: `{command}` did not "
-                                      f"finish within {timeout:g} s (killed)") from None
-        except TransportError:
+                                      f"finish within {timeout:g} s (killed)") from exc
+        except TransportError as exc:
             self._raise_if_host_lost(command)
             if not self.alive():
-                raise self.describe_death(f"QEMU went away while running `{command}`") from None
+                raise self.describe_death(f"QEMU went away while running `{command}`") from exc
             raise
         return r.status, r.stdout + r.stderr
 
@@ -185,9 +185,9 @@ class Guest:
             self._raise_if_host_lost(command)
             self._resync()
             raise
-        except ConsoleClosed:
+        except ConsoleClosed as exc:
             self._raise_if_host_lost(command)
-            raise self.describe_death(f"QEMU went away while running `{command}`") from None
+            raise self.describe_death(f"QEMU went away while running `{command}`") from exc
         return status, output
 
     def _raise_if_host_lost(self, command: str) -> None:
@@ -195,7 +195,7 @@ class Guest:
         why = self.host.down or self.host.unreachable()
         if why:
             raise HostUnreachable(f"{self.host.name} became unreachable while "
-                                  f"{self.spec.name} ran `{command}`: {why}") from None
+                                  f"{self.spec.name} ran `{command}`: {why}")
 
     def sh(self, command: str, timeout: float = 60) -> str:
         return self.run(command, timeout)[1]
@@ -327,14 +327,14 @@ class Guest:
                 console.expect_exact(marker, timeout=timeout)
             console.sendline("")
             console.wait_prompt(max(10.0, timeout - (time.monotonic() - start)))
-        except pexpect.EOF:
+        except pexpect.EOF as exc:
             raise self.describe_death("QEMU exited before the guest was ready "
-                                      "(crash, triple fault or -no-reboot exit)") from None
-        except pexpect.TIMEOUT:
+                                      "(crash, triple fault or -no-reboot exit)") from exc
+        except pexpect.TIMEOUT as exc:
             if not self.alive():
-                raise self.describe_death("QEMU exited before the guest was ready") from None
+                raise self.describe_death("QEMU exited before the guest was ready") from exc
             raise self.describe_death(f"no {marker!r} on the console within {timeout:g} s "
-                                      f"({self.accel})") from None
+                                      f"({self.accel})") from exc
         return time.monotonic() - start
 
     def _wait_agent(self, deadline: float) -> bool:

@@ -55,12 +55,12 @@ class Qmp:
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return future.result(timeout or self.timeout)
-        except TimeoutError:
+        except TimeoutError as exc:
             future.cancel()
             raise QmpError(f"{self.name}: QMP did not answer within "
-                           f"{timeout or self.timeout:g} s") from None
+                           f"{timeout or self.timeout:g} s") from exc
         except QMPError as exc:
-            raise QmpError(f"{self.name}: QMP: {exc}") from None
+            raise QmpError(f"{self.name}: QMP: {exc}") from exc
 
     def execute(self, command: str, timeout: float | None = None, **arguments: Any) -> Any:
         args = {k.replace("_", "-"): v for k, v in arguments.items()}

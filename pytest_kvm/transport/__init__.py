@@ -26,7 +26,7 @@ def _ssh_config(name: str) -> dict:
     try:
         return paramiko.SSHConfig.from_path(path).lookup(name)
     except Exception as exc:  # a broken ~/.ssh/config is the user's to fix; say where
-        raise TransportError(f"{path}: cannot be parsed ({exc})") from None
+        raise TransportError(f"{path}: cannot be parsed ({exc})") from exc
 
 
 def _jump_spec(spec: str) -> tuple[str | None, str, int | None]:

@@ -47,12 +47,12 @@ class LocalTransport(Transport):
         )
         try:
             out, err = proc.communicate(input, timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:
             _killpg(proc)
             out, err = proc.communicate()
             partial = Result(-9, out.decode(errors="replace"), err.decode(errors="replace"),
                              shown, time.monotonic() - start)
-            raise CommandTimeout(self.name, shown, timeout, partial) from None
+            raise CommandTimeout(self.name, shown, timeout, partial) from exc
         return Result(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"),
                       shown, time.monotonic() - start)
 

@@ -90,18 +90,18 @@ class SSHTransport(Transport):
                 raise
             except Exception as exc:
                 raise HostUnreachable(f"{self.name}: cannot reach {self._where()} through "
-                                      f"{self.proxy.name}: {exc}") from None
+                                      f"{self.proxy.name}: {exc}") from None  # see connect
         try:
             sock = socket.create_connection((self.hostname, self.port), self.connect_timeout)
         except socket.gaierror as exc:
             raise HostUnreachable(f"{self.name}: cannot resolve {self.hostname!r} "
-                                  f"({exc.strerror}); check ansible_host") from None
-        except TimeoutError:
+                                  f"({exc.strerror}); check ansible_host") from exc
+        except TimeoutError as exc:
             raise HostUnreachable(f"{self.name}: no answer from {self._where()} within "
-                                  f"{self.connect_timeout:g} s") from None
+                                  f"{self.connect_timeout:g} s") from exc
         except OSError as exc:
             raise HostUnreachable(f"{self.name}: cannot connect to {self._where()} "
-                                  f"({exc.strerror or exc})") from None
+                                  f"({exc.strerror or exc})") from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
@@ -128,6 +128,8 @@ class SSHTransport(Transport):
                 allow_agent=self.key_file is None and self._password is None,
                 look_for_keys=self.key_file is None and self._password is None,
             )
+        # No chained cause here: paramiko's frames under connect() hold the password in
+        # their locals, which a traceback with locals (pytest -l) would print.
         except paramiko.BadHostKeyException:
             sock.close()
             key_name = self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
@@ -173,7 +175,7 @@ class SSHTransport(Transport):
                 try:
                     self._client = self.connect()
                 except HostUnreachable as exc:
-                    raise self._mark_down(exc) from None
+                    raise self._mark_down(exc) from None  # (its own cause: see connect)
                 self._down = None
             return self._client.get_transport()
 
@@ -195,11 +197,11 @@ class SSHTransport(Transport):
                 return t.open_channel(kind, timeout=self.connect_timeout, **kw)
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 if kind != "session" and "Connect failed" in str(exc):
-                    raise HostUnreachable(f"{self.name}: {kind} {kw}: {exc}") from None
+                    raise HostUnreachable(f"{self.name}: {kind} {kw}: {exc}") from exc
                 if attempt:
                     raise self._mark_down(HostUnreachable(
                         f"{self.name}: lost the SSH connection to {self._where()}: "
-                        f"{exc or type(exc).__name__}")) from None
+                        f"{exc or type(exc).__name__}")) from exc
                 with self._lock:
                     self._drop()
         raise AssertionError("unreachable")
@@ -310,8 +312,8 @@ class _ChannelStream(Stream):
         self.chan.settimeout(timeout)
         try:
             return self.chan.recv(size)
-        except TimeoutError:
-            raise TimeoutError("no data") from None
+        except TimeoutError as exc:
+            raise TimeoutError("no data") from exc
 
     def close(self) -> None:
         self.chan.close()

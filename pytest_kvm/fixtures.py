@@ -8,6 +8,7 @@ import shlex
 import shutil
 import tempfile
 import threading
+from typing import NoReturn
 
 import pytest
 
@@ -52,7 +53,7 @@ class KvmSession:
         self.replayed: dict[str, list[str]] = {}
         self._transports: dict[str, Transport] = {}
         self._hosts: dict[str, Host] = {}
-        self._broken: dict[str, str] = {}
+        self._broken: dict[str, KvmError] = {}
         self._images: dict[tuple, MicroImage] = {}
         self._seq = itertools.count(1)
         self._lock = threading.RLock()
@@ -67,8 +68,8 @@ class KvmSession:
         A host that failed once fails fast for the rest of the session (no repeated timeouts).
         """
         with self._lock:
-            if name in self._broken:
-                raise KvmError(self._broken[name])
+            if name in self._broken:  # the same error again (its type tells what happened)
+                raise self._broken[name].with_traceback(None)
             try:
                 if name not in self._hosts:
                     self._hosts[name] = self._connect(self.inventory.hosts[name])
@@ -80,7 +81,7 @@ class KvmSession:
                     self.swept[name] = sweep(host, self.owner.run_id)
                     self.replayed[name] = replay_dead_journals(host, self.owner.run_id)
             except KvmError as exc:
-                self._broken[name] = str(exc)
+                self._broken[name] = exc
                 raise
         return host
 
@@ -249,6 +250,12 @@ def _factory(request, session: KvmSession, host: Host | None):
     factory.finish(_failed(request, request.node), reporter)
 
 
+def _fail(exc: KvmError) -> NoReturn:
+    """Fail the test on a lab error: its one line, no traceback, its type named (Allure's
+    categories go by it; kvm_reruns by the error itself, the failure's context)."""
+    pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def kvm_session(pytestconfig) -> KvmSession:
     """The inventory and its hosts for this pytest process."""
@@ -267,7 +274,7 @@ def kvm_host(request, kvm_session) -> Host:
     try:
         return kvm_session.host(name)
     except KvmError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        _fail(exc)
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +287,7 @@ def kvm_pair(request, kvm_session):
     try:
         pair = kvm_session.host(src), kvm_session.host(dst)
     except KvmError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        _fail(exc)
     with kvm_session.leases.hold(f"{src}-migration", f"{dst}-migration"):
         yield pair
 
@@ -337,7 +344,7 @@ def guest(kvm_host, guest_spec, module_guest_factory) -> Guest:
     try:
         return module_guest_factory(guest_spec, host=kvm_host)
     except KvmError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        _fail(exc)
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ fixture is used: it adds nothing to collection and opens no connection on its ow
 from __future__ import annotations
 
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -34,7 +33,7 @@ from .fixtures import (  # noqa: F401 - fixtures are registered by being here
     module_guest_factory,
     qmp,
 )
-from .guest import Guest, sweep
+from .guest import Guest, GuestCommandTimeout, GuestDied, sweep
 from .host import Host, Owner, controller_id, process_start, replay_dead_journals
 
 HOSTS_HELP = ("Ansible inventory of KVM hosts (INI, YAML, a directory, with group_vars/ and "
@@ -232,7 +231,9 @@ def suite_hosts(inventory, marker) -> list[str]:
 
 
 # What a rerun (kvm_reruns) is for: a guest that died or hung, not a failed check.
-RERUN_ON = ["GuestDied", "GuestCommandTimeout", "QEMU went away", "QEMU exited"]
+# What kvm_reruns reruns: a guest that died (QEMU exited, reset, triple-faulted) or stopped
+# answering, raised anywhere in the failure's chain of causes (pytest-rerunfailures follows it).
+RERUN_ON = [GuestDied, GuestCommandTimeout]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -330,11 +331,22 @@ def _note_rerun(item: pytest.Item, call) -> None:
     marker = item.get_closest_marker("flaky")
     if marker is None or call.excinfo is None:
         return
-    reason = f"{call.excinfo.typename}: {call.excinfo.value}"
-    if getattr(item, "execution_count", 1) <= marker.kwargs.get("reruns", 0) and any(
-            re.search(pattern, reason) for pattern in RERUN_ON):
+    cause = _rerun_cause(call.excinfo.value)
+    if getattr(item, "execution_count", 1) <= marker.kwargs.get("reruns", 0) and cause:
+        reason = f"{type(cause).__name__}: {cause}"
         item.config.stash.setdefault(RERUNS_KEY, []).append(
             (item.nodeid, reason.splitlines()[0][:300]))
+
+
+def _rerun_cause(exc: BaseException | None) -> BaseException | None:
+    """The exception in ``exc``'s chain that kvm_reruns reruns for, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, tuple(RERUN_ON)):
+            return exc
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return None
 
 
 class JunitFigures:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -16,19 +17,43 @@ try:
 except ImportError:  # pragma: no cover - allure-pytest is a dependency
     allure = None
 
-# Failures of the lab rather than of the product under test.
-CATEGORIES = [
-    {"name": "Infrastructure: host unreachable",
-     "messageRegex": r"(?s).*(UNREACHABLE|unreachable|no answer from|cannot connect to|"
-                     r"cannot resolve|lost the SSH connection|authentication as|host key).*",
-     "matchedStatuses": ["broken", "failed"]},
-    {"name": "Infrastructure: provisioning",
-     "messageRegex": r".*(QEMU exited|did not start|not ready|could not stop QEMU|no host key "
-                     r"on the L1).*",
-     "matchedStatuses": ["broken", "failed"]},
-    {"name": "Product failures", "matchedStatuses": ["failed"]},
-    {"name": "Test errors", "matchedStatuses": ["broken"]},
-]
+def raised(*types: type[BaseException]) -> str:
+    """An Allure ``messageRegex`` that matches a result raised by one of these exception types
+    or their subclasses: allure-pytest's message starts with the qualified type name."""
+    found: set[type] = set()
+
+    def walk(t: type) -> None:
+        found.add(t)
+        for sub in t.__subclasses__():
+            walk(sub)
+
+    for t in types:
+        walk(t)
+    qualified = sorted(f"{t.__module__}.{t.__qualname__}" for t in found)
+    short = sorted(t.__name__ for t in found)  # a fixture's one-line failure names its type
+    return (r"(?s)(" + "|".join(map(re.escape, qualified)) + r"|(_pytest\.outcomes\.)?Failed: ("
+            + "|".join(map(re.escape, short)) + r")): .*")
+
+
+def categories() -> list[dict]:
+    """Failures of the lab rather than of the product under test, told apart by the type of
+    what was raised (then Allure's defaults: product failures, test errors)."""
+    from .errors import AuthenticationFailed, HostKeyMismatch, HostUnreachable, UnknownHostKey
+    from .features.nesting import NestedHostError
+    from .guest import GuestError
+    from .guest.distro import ImageBuildError
+
+    return [
+        {"name": "Infrastructure: host unreachable",
+         "messageRegex": raised(HostUnreachable, AuthenticationFailed, HostKeyMismatch,
+                                UnknownHostKey),
+         "matchedStatuses": ["broken", "failed"]},
+        {"name": "Infrastructure: provisioning",
+         "messageRegex": raised(GuestError, NestedHostError, ImageBuildError),
+         "matchedStatuses": ["broken", "failed"]},
+        {"name": "Product failures", "matchedStatuses": ["failed"]},
+        {"name": "Test errors", "matchedStatuses": ["broken"]},
+    ]
 
 
 def active(config: pytest.Config) -> bool:
@@ -126,7 +151,7 @@ def write_environment(config: pytest.Config, session) -> None:
     with open(os.path.join(directory, "environment.properties"), "w") as out:
         out.write("\n".join(lines) + "\n")
     with open(os.path.join(directory, "categories.json"), "w") as out:
-        json.dump(CATEGORIES, out, indent=1)
+        json.dump(categories(), out, indent=1)
 
 
 def attach_svg(name: str, svg: str) -> None:

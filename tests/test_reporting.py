@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_kvm import reporting
 from pytest_kvm.reporting import counter_chart
 
 from test_plugin import pytest_run
@@ -144,3 +146,35 @@ def test_check_report_needs_a_report(tmp_path):
     assert r.returncode == 1 and "run make report first" in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
 
+
+
+def test_categories_go_by_the_type_of_what_was_raised():
+    """Allure's message for an exception starts with its type: the lab's categories match
+    types (and their subclasses, and a fixture's one-line failure naming one), not wording."""
+    from allure_commons.utils import format_exception
+
+    from pytest_kvm.errors import CommandFailed, HostUnreachable
+    from pytest_kvm.features.nesting import NestedHostError
+    from pytest_kvm.guest import GuestDied
+
+    def category(exc: BaseException) -> str:
+        message = format_exception(type(exc), exc).strip()
+        return next(c["name"] for c in reporting.categories()
+                    if re.fullmatch(c.get("messageRegex", "(?s).*"), message))
+
+    class Renamed(HostUnreachable):
+        pass
+
+    assert category(HostUnreachable("h: no answer")) == "Infrastructure: host unreachable"
+    assert category(Renamed("h: gone")) == "Infrastructure: host unreachable"
+    try:
+        pytest.fail("HostUnreachable: h: no answer", pytrace=False)
+    except pytest.fail.Exception as failed:
+        assert category(failed) == "Infrastructure: host unreachable"
+    assert category(GuestDied("lab1/g: QEMU exited")) == "Infrastructure: provisioning"
+    assert category(NestedHostError("lab1: no sshd")) == "Infrastructure: provisioning"
+    # the same words from a product check are the product's failure
+    assert category(AssertionError("QEMU exited; host unreachable")) == "Product failures"
+    assert category(CommandFailed("h", "lspci", type("R", (), {"stderr": "x", "stdout": "",
+                                                               "status": 1})())) \
+        == "Product failures"

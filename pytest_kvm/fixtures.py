@@ -180,9 +180,9 @@ class GuestFactory:
         self.guests.append(guest)
         return guest
 
-    def revive(self, guest: Guest) -> None:
-        """Replace a dead guest in place (same object, same spec, a new QEMU): for a rerun
-        on a host with kvm_reruns, whose tests share a module guest."""
+    def revive(self, guest: Guest) -> Guest:
+        """A fresh guest (same host, same spec, a new QEMU) in place of a dead one, which is
+        stopped: for a rerun on a host with kvm_reruns, whose tests share a module guest."""
         try:
             guest.stop()
         except KvmError:
@@ -190,7 +190,8 @@ class GuestFactory:
         with reporting.step(f"provision and boot {guest.spec.name} on {guest.host.name} "
                             "again (the previous one died)"):
             fresh = self.session.start_guest(guest.host, guest.spec, self.label)
-        vars(guest).update(vars(fresh))
+        self.guests[self.guests.index(guest)] = fresh
+        return fresh
 
     def finish(self, failed: bool, reporter=None) -> list[str]:
         errors, kept = [], []
@@ -360,7 +361,23 @@ def _kvm_revive_dead_guest(request):
     factory = request.getfixturevalue("module_guest_factory")
     for shared in list(factory.guests):
         if shared.dead:
-            factory.revive(shared)
+            _replace_fixture_value(request, shared, factory.revive(shared))
+
+
+def _replace_fixture_value(request, old, new) -> None:
+    """Fixtures whose value is ``old`` give ``new`` from now on, to this test and the rest of
+    their scope. pytest keeps a fixture's value in ``FixtureDef.cached_result`` (value,
+    cache key, exception) and this test's arguments in ``item.funcargs``; fixtures computed
+    from the old value (e.g. a guest's lsmod) keep what they read."""
+    item = request.node
+    for defs in item._fixtureinfo.name2fixturedefs.values():  # noqa: SLF001
+        for fixturedef in defs:
+            cached = getattr(fixturedef, "cached_result", None)
+            if cached is not None and cached[0] is old:
+                fixturedef.cached_result = (new, *cached[1:])
+    for name, value in list(item.funcargs.items()):
+        if value is old:
+            item.funcargs[name] = new
 
 
 @pytest.fixture

@@ -6,7 +6,15 @@ import pytest
 
 from pytest_kvm.errors import KvmError
 from pytest_kvm.fixtures import KvmSession
-from pytest_kvm.guest import Disk, GuestCommandTimeout, GuestDied, GuestSpec, Owner, stale_runs
+from pytest_kvm.guest import (
+    Disk,
+    GuestCommandTimeout,
+    GuestDied,
+    GuestSpec,
+    GuestState,
+    Owner,
+    stale_runs,
+)
 from pytest_kvm.guest.qemu import controller_id
 from pytest_kvm.guest.qmp import QmpEventTimeout
 from pytest_kvm.waiting import WaitTimeout, wait_until
@@ -108,14 +116,14 @@ def test_crash_at_boot_is_detected_with_the_console_tail(session, host):
 
 
 def test_a_killed_qemu_says_by_what(session, host):
-    g = session.start_guest(host, GuestSpec(name="killed"))
-    try:
+    with session.start_guest(host, GuestSpec(name="killed")) as g:
+        assert g.state is GuestState.RUNNING
         host.run(["kill", "-SEGV", str(g.pid)])
         with pytest.raises(GuestDied) as exc:
             g.sh("sleep 5")
         assert "QEMU was killed by SIGSEGV (QEMU crashed)" in str(exc.value)
-    finally:
-        g.stop()
+        assert g.state is GuestState.DEAD and "QEMU went away" in g.death
+    assert g.state is GuestState.STOPPED and g.dead  # stopped by the with; why it died kept
     assert host.run(["sh", "-c", f"ls {host.workdir}/run | grep -c . || true"]).stdout.strip() \
         in ("0", "1")  # only the shared guest's dir can remain
 
@@ -126,10 +134,9 @@ def test_bad_qemu_option_is_reported_with_stderr(session, host):
 
 
 def test_stop_leaves_nothing(session, host):
-    g = session.start_guest(host, GuestSpec(name="stopme"))
-    pid, rundir = g.pid, g.rundir
-    g.stop()
-    assert not g.alive()
+    with session.start_guest(host, GuestSpec(name="stopme")) as g:
+        pid, rundir = g.pid, g.rundir
+    assert not g.alive() and g.state is GuestState.STOPPED and not g.dead
     assert host.run(["test", "-e", rundir], check=False).status == 1
     state = host.run(["ps", "-o", "stat=", "-p", str(pid)], check=False).stdout.strip()
     assert state[:1] in ("", "Z"), f"QEMU {pid} is still there: {state}"  # gone, or being reaped

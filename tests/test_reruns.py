@@ -13,11 +13,15 @@ SUITE = textwrap.dedent("""
     import os, pathlib, signal
     import pytest
 
-    def test_first(guest):
+    def test_first(guest, qmp):
         flag = pathlib.Path("killed-once")  # in this run's directory
         if not flag.exists():  # the lab kills the guest once, in the middle of the check
-            flag.write_text("")
+            flag.write_text(str(guest.pid))
             os.kill(guest.pid, signal.SIGKILL)
+        else:  # the rerun: a fresh guest object, running, its QMP the fresh QEMU's
+            assert guest.state.value == "running" and not guest.dead
+            assert guest.pid != int(flag.read_text())
+            assert qmp is guest.qmp and qmp.execute("query-status")["status"] == "running"
         assert guest.sh("echo one").strip() == "one"
 
     def test_second(guest):

@@ -3,13 +3,13 @@
 from .cloudinit import CloudInit
 from .console import Console, GuestCommandTimeout
 from .image import MicroImage, build_micro
-from .qemu import Guest, GuestDied, GuestError, Owner, start_guest
+from .qemu import Guest, GuestDied, GuestError, GuestState, Owner, start_guest
 from .qmp import Qmp, QmpError
 from .spec import Disk, GuestSpec, Nic
 from .sweep import stale_runs, sweep
 
 __all__ = [
     "CloudInit", "Console", "Disk", "Guest", "GuestCommandTimeout", "GuestDied", "GuestError",
-    "GuestSpec", "MicroImage", "Nic", "Owner", "Qmp", "QmpError", "build_micro", "stale_runs",
-    "start_guest", "sweep",
+    "GuestSpec", "GuestState", "MicroImage", "Nic", "Owner", "Qmp", "QmpError", "build_micro",
+    "stale_runs", "start_guest", "sweep",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
 import re
@@ -44,8 +45,18 @@ def boot_timeout(accel: str) -> float:
     return 60.0 if accel == "kvm" else 180.0
 
 
+class GuestState(enum.Enum):
+    """Where a guest is in its life. starting -> running -> stopped, or -> dead (QEMU ended
+    on its own, or the guest stopped answering) -> stopped."""
+
+    STARTING = "starting"  # QEMU launched; not ready yet (or waiting for an incoming migration)
+    RUNNING = "running"
+    DEAD = "dead"
+    STOPPED = "stopped"
+
+
 class Guest:
-    """A running QEMU guest on a host."""
+    """A QEMU guest on a host; ``with start_guest(...) as guest:`` stops it at the end."""
 
     def __init__(self, host: Host, spec: GuestSpec, rundir: str, proc_name: str,
                  argv: list[str], accel: str):
@@ -56,8 +67,8 @@ class Guest:
         self.pid: int | None = None
         self._console: Console | None = None
         self._qmp: Qmp | None = None
-        self.stopped = False
-        self.dead = False  # QEMU ended on its own, or the console stopped answering
+        self.state = GuestState.STARTING
+        self.death: str | None = None  # why it died (kept once it is stopped)
         # how commands reach the guest: "agent" (qemu-guest-agent: exit code, stdout and
         # stderr apart, no console noise) or "console" (the serial console, the fallback)
         self.channel = "console"
@@ -68,6 +79,27 @@ class Guest:
 
     def __repr__(self) -> str:  # stable across runs (no run id, no pid)
         return f"Guest({self.spec.name!r} on {self.host.name!r})"
+
+    def __enter__(self) -> Guest:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def stopped(self) -> bool:
+        return self.state is GuestState.STOPPED
+
+    @property
+    def dead(self) -> bool:
+        """It died (QEMU ended on its own, or it stopped answering), stopped since or not."""
+        return self.death is not None
+
+    def _died(self, why: str) -> None:
+        if self.state is not GuestState.STOPPED:
+            self.state = GuestState.DEAD
+        self.death = why
+        log.warning("%s/%s: dead: %s", self.host.name, self.spec.name, why)
 
     @property
     def os_family(self) -> str:
@@ -157,6 +189,7 @@ class Guest:
     def follow(self, source: Guest) -> None:
         """This guest is the source's continuation after a migration: its commands go the
         same way, and its SSH host key is the source's (the guest's own, which moved)."""
+        self.state = GuestState.RUNNING
         self.channel = source.channel
         if source.spec.cloud_init and source.spec.cloud_init.host_key:
             self.ssh_host_key = source.ssh_host_key or source.spec.cloud_init.host_key[1]
@@ -205,7 +238,7 @@ class Guest:
             self.console.sendline("")
             self.console.wait_prompt(10)
         except (pexpect.TIMEOUT, pexpect.EOF):
-            self.dead = True  # interrupted, and still no prompt: the guest hangs
+            self._died("no prompt after an interrupt: the guest hangs")
 
     # -- QMP --------------------------------------------------------------------------------
     @property
@@ -292,7 +325,7 @@ class Guest:
         return f"QEMU exited with status {code}"
 
     def describe_death(self, what: str) -> GuestDied:
-        self.dead = True
+        self._died(what)
         console = self.read_log("console.log").strip() or "(nothing)"
         stderr = self.read_log("qemu.log").strip() or "(nothing)"
         how = self.exit_status()
@@ -384,7 +417,7 @@ class Guest:
         log.info("%s/%s: stopping QEMU (pid %s)", self.host.name, self.spec.name, self.pid)
         r = self.host.run(remote.argv("qemu-stop", self.rundir, str(first),
                            "keep-dir" if keep_dir else ""), check=False, timeout=60)
-        self.stopped = True
+        self.state = GuestState.STOPPED
         if not r.ok:
             raise GuestError(f"{self.host.name}/{self.spec.name}: could not stop QEMU: "
                              f"{r.stdout.strip()} {r.stderr.strip()}")
@@ -467,7 +500,7 @@ def _start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, s
     else:
         err = guest.read_log("qemu.log", 20).strip()
         host.run(["rm", "-rf", rundir], check=False, timeout=30)
-        guest.stopped = True
+        guest.state = GuestState.STOPPED
         why = "did not open its sockets within 30 s" if "slow" in r.stdout else "exited at once"
         raise GuestError(f"{host.name}/{spec.name}: QEMU {why}: {err or r.stderr.strip()}")
     if wait:
@@ -476,6 +509,7 @@ def _start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, s
         except BaseException:
             guest.stop(keep_dir=False)
             raise
+        guest.state = GuestState.RUNNING
         log.info("%s/%s: ready in %.1f s (commands: %s)", host.name, spec.name, waited,
                  guest.channel)
     return guest

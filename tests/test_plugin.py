@@ -1,4 +1,5 @@
-"""The plugin as a user runs it: pytest in a subprocess, real sshd hosts."""
+"""The plugin as a user runs it, on real sshd hosts: in pytest's ``pytester`` (in process),
+or in a subprocess where the test needs one (its environment, another network namespace)."""
 
 from __future__ import annotations
 
@@ -17,38 +18,48 @@ def pytest_run(args, cwd, *, prefix=(), timeout=120) -> subprocess.CompletedProc
                            *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+SUITE = textwrap.dedent("""
+    import pytest
+
+    @pytest.mark.parametrize("drv", ["virtio_net", "virtio_blk"])
+    def test_kernel(kvm_host, drv):
+        assert kvm_host.facts.kernel
+
+    def test_plain():
+        pass
+""")
+
+
 @pytest.fixture
 def suite(tmp_path):
-    (tmp_path / "test_it.py").write_text(textwrap.dedent("""
-        import pytest
-
-        @pytest.mark.parametrize("drv", ["virtio_net", "virtio_blk"])
-        def test_kernel(kvm_host, drv):
-            assert kvm_host.facts.kernel
-
-        def test_plain():
-            pass
-    """))
+    (tmp_path / "test_it.py").write_text(SUITE)
     return tmp_path
 
 
+@pytest.fixture
+def tester(pytester):
+    """pytester with the suite: ``tester.runpytest(...)`` runs it in this process."""
+    pytester.makepyfile(test_it=SUITE)
+    return pytester
+
+
 @pytest.mark.parametrize("testinfra", [True, False], ids=["with-testinfra", "without"])
-def test_help_shows_the_kvm_group(tmp_path, testinfra):
-    r = pytest_run(["--help", *([] if testinfra else TESTINFRA_OFF)], tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "pytest-kvm (KVM host testing):" in r.stdout and "--kvm-hosts=PATH" in r.stdout
+def test_help_shows_the_kvm_group(tester, testinfra):
+    r = tester.runpytest("--help", *([] if testinfra else TESTINFRA_OFF))
+    out = r.stdout.str()
+    assert r.ret == 0, r.stderr.str()
+    assert "pytest-kvm (KVM host testing):" in out and "--kvm-hosts=PATH" in out
     if not testinfra:
-        assert "--hosts=PATH" in r.stdout
+        assert "--hosts=PATH" in out
 
 
 @pytest.mark.parametrize("testinfra", [True, False], ids=["with-testinfra", "without"])
-def test_hosts_option_with_and_without_testinfra(rig, suite, testinfra):
-    (suite / "hosts.ini").write_text(rig.inventory())
-    r = pytest_run(["-v", "--hosts", "hosts.ini", *([] if testinfra else TESTINFRA_OFF)], suite)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "test_it.py::test_kernel[host1-virtio_net] PASSED" in r.stdout  # stable ids
-    assert "test_it.py::test_kernel[host2-virtio_blk] PASSED" in r.stdout
-    assert "5 passed" in r.stdout
+def test_hosts_option_with_and_without_testinfra(rig, tester, testinfra):
+    tester.makefile(".ini", hosts=rig.inventory())
+    r = tester.runpytest("-v", "--hosts", "hosts.ini", *([] if testinfra else TESTINFRA_OFF))
+    r.assert_outcomes(passed=5)
+    r.stdout.fnmatch_lines(["*test_it.py::test_kernel[[]host1-virtio_net[]] PASSED*",  # ids
+                            "*test_it.py::test_kernel[[]host2-virtio_blk[]] PASSED*"])
 
 
 def test_env_var_and_report_header(rig, suite):
@@ -82,19 +93,21 @@ def test_listing_touches_no_host(suite, listing):
         assert "test_kernel[dead-virtio_net]" in r.stdout
 
 
-def test_inert_without_an_inventory(suite):
-    r = pytest_run(["-v", "-rs"], suite)
-    assert "kvm inventory" not in r.stdout
-    assert "test_plain PASSED" in r.stdout
-    assert "SKIPPED" in r.stdout and "no inventory given: pass --hosts hosts.ini" in r.stdout
+def test_inert_without_an_inventory(tester):
+    r = tester.runpytest("-v", "-rs")
+    out = r.stdout.str()
+    assert "kvm inventory" not in out
+    assert "test_plain PASSED" in out
+    assert "SKIPPED" in out and "no inventory given: pass --hosts hosts.ini" in out
 
 
-def test_bad_inventory_is_a_usage_error_without_traceback(suite):
-    (suite / "hosts.ini").write_text("[lab]\nh1 kvm_accel=kmv\n")
-    r = pytest_run(["--hosts", "hosts.ini"], suite)
-    assert r.returncode == 4  # pytest's usage-error code
-    assert r.stderr.strip() == "ERROR: hosts.ini:2: kvm_accel must be kvm, tcg or auto, got 'kmv'"
-    assert "Traceback" not in r.stdout + r.stderr
+def test_bad_inventory_is_a_usage_error_without_traceback(tester):
+    tester.makefile(".ini", hosts="[lab]\nh1 kvm_accel=kmv\n")
+    r = tester.runpytest("--hosts", "hosts.ini")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    assert r.stderr.str().strip() == \
+        "ERROR: hosts.ini:2: kvm_accel must be kvm, tcg or auto, got 'kmv'"
+    assert "Traceback" not in r.stdout.str() + r.stderr.str()
 
 
 def test_yaml_inventory_with_group_vars_runs(rig, suite):
@@ -114,16 +127,17 @@ def test_yaml_inventory_with_group_vars_runs(rig, suite):
         "seconds, got 'soon'"), r.stderr
 
 
-def test_missing_inventory_file(suite):
-    r = pytest_run(["--hosts", "nope.ini"], suite)
-    assert r.returncode == 4 and "ERROR: nope.ini: no such file" in r.stderr
+def test_missing_inventory_file(tester):
+    r = tester.runpytest("--hosts", "nope.ini")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    assert "ERROR: nope.ini: no such file" in r.stderr.str()
 
 
-def test_unknown_key_warns(rig, suite):
-    (suite / "hosts.ini").write_text(rig.inventory(host_vars={"host1": {"kvm_acel": "tcg"}}))
-    r = pytest_run(["--hosts", "hosts.ini", "-q"], suite)
-    assert r.returncode == 0
-    assert "hosts.ini:2: unknown key 'kvm_acel'; did you mean 'kvm_accel'?" in r.stdout
+def test_unknown_key_warns(rig, tester):
+    tester.makefile(".ini", hosts=rig.inventory(host_vars={"host1": {"kvm_acel": "tcg"}}))
+    r = tester.runpytest("--hosts", "hosts.ini", "-q")
+    assert r.ret == 0
+    assert "hosts.ini:2: unknown key 'kvm_acel'; did you mean 'kvm_accel'?" in r.stdout.str()
 
 
 def test_unreachable_and_unresolvable_hosts_error_alone(rig, suite):

@@ -153,3 +153,20 @@ def test_unreachable_and_unresolvable_hosts_error_alone(rig, suite):
     assert "dead: cannot connect to" in out
     assert "ghost: cannot resolve 'no-such-host.invalid'" in out
     assert "Traceback" not in out
+
+
+def test_the_info_log_tells_a_guests_story_in_order_with_no_secret(pytester):
+    """--log-cli-level=INFO: the guest's launch, each command it ran, its stop."""
+    pytester.makepyfile(test_story="""
+        def test_story(guest):
+            assert guest.sh("echo story-$((6*7))").strip() == "story-42"
+    """)
+    pytester.makefile(".ini", hosts="[lab]\nlocalhost ansible_connection=local "
+                                    "ansible_become_password=Not-In-Any-Log-9\n")
+    r = pytester.runpytest("--hosts", "hosts.ini", "--log-cli-level=INFO", "-p", "no:randomly")
+    r.assert_outcomes(passed=1)
+    r.stdout.re_match_lines([r".*localhost/guest: starting QEMU .*",
+                             r".*localhost/guest: ready in .*",
+                             r".*localhost/guest: `echo story-\$\(\(6\*7\)\)` -> 0 .*",
+                             r".*localhost/guest: stopping QEMU .*"], consecutive=False)
+    assert "Not-In-Any-Log-9" not in r.stdout.str() + r.stderr.str()

@@ -133,12 +133,16 @@ class Guest:
 
         Through the guest agent where the guest has one (stdout, then stderr), else on the
         serial console (both as they came)."""
+        start = time.monotonic()
         if self.channel == "agent":
             status, output = self._run_agent(command, timeout)
         elif self.channel == "ssh":
             status, output = self._run_ssh(command, timeout)
         else:
             status, output = self._run_console(command, timeout)
+        shown = command if len(command) <= 160 else command[:157] + "..."
+        log.info("%s/%s: `%s` -> %d (%.2f s, %s)", self.host.name, self.spec.name, shown,
+                 status, time.monotonic() - start, self.channel)
         if check and status != 0:
             raise GuestError(f"{self.host.name}/{self.spec.name}: `{command}` exited {status}"
                              f"\n{output.strip()[-2000:]}")

@@ -4,8 +4,10 @@ the guest moves to another host, and the move is measured.
 Per migration pair (each host with its kvm_migration_peer, or with itself: two QEMU processes
 on one host, labelled "-self"), for each variant: shared storage (the disk on
 kvm_shared_storage), copy-storage (an overlay per host, contents mirrored over NBD),
-ping-pong (A->B->A->B, a fresh destination each hop), and dirty memory (a memory-dirtying
-load in the guest, auto-converge on). After each: the source is postmigrate, the destination
+ping-pong (A->B->A->B, a fresh destination each hop), dirty memory (a memory-dirtying
+load in the guest, auto-converge on), postcopy (precopy first, then migrate-start-postcopy
+under a dirtying load), multifd (RAM over 4 channels) and xbzrle (re-sent pages as deltas
+against a 64 MiB cache, under a dirtying load). After each: the source is postmigrate, the destination
 running; the counter has the same PID, every number once and in order, uptime never went
 back; the guest answers; the disk kept what was written before. Total time, downtime,
 setup time, bytes, throughput and the guest-observed gap are recorded as test properties.
@@ -101,6 +103,13 @@ def test_measured(migrated, kvm_figure):
         assert hop.total_time_ms > 0 and hop.transferred_bytes > 0
         assert hop.guest_gap_ms > 0
         assert hop.downtime_ms >= 0
+
+
+def test_the_variant_is_what_it_says(migrated):
+    """Postcopy went through postcopy-active, multifd sent RAM over its channels, xbzrle's
+    cache took re-sent pages, ping-pong made three hops, the storage is the variant's."""
+    problem = mig.variant_problem(migrated.variant, migrated.hops)
+    assert problem is None, problem
 
 
 def test_tls_where_the_inventory_asks(migrated):

@@ -125,6 +125,14 @@ class Migration:
     guest_gap_ms: int = 0
     storage: str = "none"
     tls: bool = False
+    capabilities: str = ""  # the migration capabilities that were on, e.g. "events,multifd"
+    postcopy_active_seen: bool = False  # the source went through postcopy-active
+    postcopy_requests: int = 0  # pages the destination faulted in from the source
+    multifd_channels: int = 0
+    multifd_bytes: int = 0
+    xbzrle_cache_size: int = 0
+    xbzrle_cache_miss: int = 0  # re-sent pages not yet in the cache (then cached)
+    xbzrle_pages: int = 0  # re-sent pages sent as deltas
     extra: dict = field(default_factory=dict)
 
     def properties(self) -> dict:
@@ -155,13 +163,23 @@ def listen_uri(address: str, port: int) -> str:
     return f"tcp:{address}:{port}"
 
 
+POSTCOPY_AFTER = 4 * 1024 * 1024  # precopy bytes sent before the switch to postcopy
+POSTCOPY_PRECOPY_BANDWIDTH = 16 * 1024 * 1024  # bytes/s: precopy cannot finish first
+
+
 def migrate(source: Guest, destination: Guest, address: str, port: int, *,
             timeout: float = 120.0, auto_converge: bool = False,
-            max_bandwidth: int | None = None, tls: MigrationTls | None = None) -> Migration:
+            max_bandwidth: int | None = None, tls: MigrationTls | None = None,
+            postcopy: bool = False, multifd_channels: int = 0,
+            xbzrle_cache: int = 0) -> Migration:
     """Migrate over QMP: the destination listens (migrate-incoming), the source sends.
 
-    Waits for completion with a timeout; on timeout the migration is cancelled and the error
-    names the last status (non-convergence says so).
+    ``postcopy``: start in precopy (bandwidth-limited, so it cannot finish on its own), switch
+    with migrate-start-postcopy once some RAM went, then pages are pulled by the destination.
+    ``multifd_channels``: RAM over that many parallel connections. ``xbzrle_cache``: re-sent
+    pages as deltas against a cache of that many bytes. Waits for completion with a timeout;
+    on timeout the migration is cancelled and the error names the last status
+    (non-convergence says so).
     """
     result = Migration(source.host.name, destination.host.name,
                        source.host.name == destination.host.name)
@@ -173,13 +191,29 @@ def migrate(source: Guest, destination: Guest, address: str, port: int, *,
             if endpoint == "client":
                 params["tls_hostname"] = address
             guest.qmp.execute("migrate-set-parameters", **params)
+    both = {"postcopy-ram": postcopy, "multifd": multifd_channels > 0}  # on both ends
+    caps = {"events": True, "auto-converge": auto_converge, "xbzrle": xbzrle_cache > 0, **both}
+    on_both = [{"capability": c, "state": True} for c, on in both.items() if on]
+    for guest in (destination, source):
+        if on_both:
+            guest.qmp.execute("migrate-set-capabilities", capabilities=on_both)
+        if multifd_channels:
+            guest.qmp.execute("migrate-set-parameters", multifd_channels=multifd_channels)
     destination.qmp.execute("migrate-incoming", uri=uri)
-    caps = [{"capability": "events", "state": True},
-            {"capability": "auto-converge", "state": auto_converge}]
-    source.qmp.execute("migrate-set-capabilities", capabilities=caps)
+    source.qmp.execute("migrate-set-capabilities", capabilities=[
+        {"capability": c, "state": on} for c, on in caps.items()])
+    result.capabilities = ",".join(c for c, on in caps.items() if on)
+    if postcopy and not max_bandwidth:
+        max_bandwidth = POSTCOPY_PRECOPY_BANDWIDTH
     if max_bandwidth:
         source.qmp.execute("migrate-set-parameters", max_bandwidth=max_bandwidth)
+    if xbzrle_cache:
+        source.qmp.execute("migrate-set-parameters", xbzrle_cache_size=xbzrle_cache)
+    log.info("migrate %s -> %s over %s (%s)", source.host.name, destination.host.name, uri,
+             result.capabilities)
     source.qmp.execute("migrate", uri=uri)
+    if postcopy:
+        result.postcopy_active_seen = _switch_to_postcopy(source, timeout)
     last: dict = {"info": {}}
 
     def ended() -> bool:
@@ -214,7 +248,44 @@ def migrate(source: Guest, destination: Guest, address: str, port: int, *,
     result.setup_time_ms = int(info.get("setup-time", 0))
     result.transferred_bytes = int(ram.get("transferred", 0))
     result.throughput_mbps = float(ram.get("mbps", 0.0))
+    result.postcopy_requests = int(ram.get("postcopy-requests", 0))
+    result.multifd_channels = multifd_channels
+    result.multifd_bytes = int(ram.get("multifd-bytes", 0))
+    xbzrle = info.get("xbzrle-cache", {})
+    result.xbzrle_cache_size = int(xbzrle.get("cache-size", 0))
+    result.xbzrle_cache_miss = int(xbzrle.get("cache-miss", 0))
+    result.xbzrle_pages = int(xbzrle.get("pages", 0))
     return result
+
+
+def _switch_to_postcopy(source: Guest, timeout: float) -> bool:
+    """Once POSTCOPY_AFTER bytes went in precopy, migrate-start-postcopy; True when the source
+    then reports postcopy-active (a migration that ended first never was in postcopy)."""
+    def precopied() -> bool:
+        info = source.qmp.execute("query-migrate")
+        status = info.get("status")  # (setup, then active)
+        return status in ("completed", "failed", "cancelled") or (
+            status == "active" and info.get("ram", {}).get("transferred", 0) >= POSTCOPY_AFTER)
+
+    wait_until(precopied, timeout, f"{POSTCOPY_AFTER} bytes sent in precopy", step=0.1)
+    if source.qmp.execute("query-migrate").get("status") != "active":
+        return False
+    source.qmp.execute("migrate-start-postcopy")
+    seen = {"postcopy": False}
+
+    def switched() -> bool:
+        status = source.qmp.execute("query-migrate").get("status")
+        seen["postcopy"] = seen["postcopy"] or status == "postcopy-active"
+        return status != "active"
+
+    wait_until(switched, timeout, "the switch to postcopy", step=0.05)
+    if not seen["postcopy"]:  # it may have passed quickly: QEMU's events kept it
+        try:
+            source.qmp.event("MIGRATION", timeout=1, status="postcopy-active")
+            seen["postcopy"] = True
+        except KvmError:
+            pass
+    return seen["postcopy"]
 
 
 def wait_running(guest: Guest, timeout: float = 30.0) -> str:
@@ -407,7 +478,37 @@ class MigrationTls:
 
 
 # -- a migration run, as the suite checks it ----------------------------------------------------
-VARIANTS = ("shared-storage", "copy-storage", "ping-pong", "dirty-memory")
+VARIANTS = ("shared-storage", "copy-storage", "ping-pong", "dirty-memory", "postcopy",
+            "multifd", "xbzrle")
+# How each variant migrates (migrate()'s options), and which run a memory-dirtying load.
+VARIANT_OPTIONS: dict[str, dict] = {
+    "dirty-memory": {"auto_converge": True},
+    "postcopy": {"postcopy": True},
+    "multifd": {"multifd_channels": 4},
+    "xbzrle": {"xbzrle_cache": 64 * 1024 * 1024, "auto_converge": True},
+}
+DIRTYING = ("dirty-memory", "postcopy", "xbzrle")
+
+
+def variant_problem(variant: str, hops: list[Migration]) -> str | None:
+    """None when the variant's migrations show what makes the variant; else what is missing."""
+    last = hops[-1]
+    checks = {
+        "shared-storage": (last.storage == "shared", f"storage was {last.storage}"),
+        "copy-storage": (last.storage.startswith("copy"), f"storage was {last.storage}"),
+        "ping-pong": (len(hops) == 3, f"{len(hops)} hops, not 3"),
+        "dirty-memory": ("auto-converge" in last.capabilities,
+                         f"auto-converge was off ({last.capabilities})"),
+        "postcopy": (last.postcopy_active_seen, "the source never reported postcopy-active"),
+        "multifd": (last.multifd_bytes > 0 and "multifd" in last.capabilities,
+                    f"multifd-bytes {last.multifd_bytes} over {last.multifd_channels} channels"),
+        "xbzrle": (last.xbzrle_cache_size > 0
+                   and last.xbzrle_cache_miss + last.xbzrle_pages > 0,
+                   f"xbzrle cache {last.xbzrle_cache_size} bytes, {last.xbzrle_cache_miss} "
+                   f"misses, {last.xbzrle_pages} delta pages: no page went through it"),
+    }
+    ok, problem = checks[variant]
+    return None if ok else f"{variant}: {problem}"
 StartGuest = Callable[..., Guest]  # start(spec, host=..., wait=...): the fixtures' factory
 
 
@@ -415,8 +516,10 @@ class Run:
     """One variant's migration(s) of a guest running the counter, done once and checked by
     many tests: shared-storage, copy-storage (an overlay per host, mirrored over NBD),
     ping-pong (A->B->A->B, a fresh destination each hop), dirty-memory (a memory-dirtying
-    load, auto-converge on). Ping-pong and dirty-memory use shared storage where there is
-    some. Guests come from ``start`` (which stops them); ``close()`` removes the rest."""
+    load, auto-converge on), postcopy (switched from precopy under a dirtying load), multifd
+    (4 channels), xbzrle (a 64 MiB cache, under a dirtying load). All but copy-storage use
+    shared storage where there is some. Guests come from ``start`` (which stops them);
+    ``close()`` removes the rest."""
 
     def __init__(self, variant: str, src: Host, dst: Host, spec: GuestSpec, start: StartGuest,
                  shared_dir: str | None = None, tls: MigrationTls | None = None,
@@ -455,7 +558,7 @@ class Run:
         self.watch.attach(self.guest, "source")
         self.pid = start_counter(self.guest)
         self.watch.wait_lines("source", 5, 30)
-        if variant == "dirty-memory":
+        if variant in DIRTYING:
             start_dirtying(self.guest)
         for to_host in ([dst, src, dst] if variant == "ping-pong" else [dst]):
             self.hop(to_host)
@@ -470,7 +573,7 @@ class Run:
         started = time.monotonic()
         with self.step(f"migrate {source.host.name} -> {to_host.name}"):
             result = migrate(source, dest, address, port(), tls=self.tls,
-                             auto_converge=self.variant == "dirty-memory")
+                             **VARIANT_OPTIONS.get(self.variant, {}))
         self.windows.append((started, time.monotonic(), f"hop {len(self.hops) + 1}"))
         self.processes.append(to_host.name)
         if self.storage == "copy":

@@ -102,6 +102,9 @@ def test_rng_is_the_virtio_device_and_gives_data(guest):
 
 
 def test_serial_port_carries_lines_both_ways(guest):
+    assert virtio.serial_port_device(guest), (
+        f"no virtio-serial port {virtio.SERIAL_PORT!r} in the guest (virtio_console "
+        f"{'loaded' if 'virtio_console' in virtio.loaded_modules(guest) else 'not loaded'})")
     down, got_down, up, got_up = virtio.serial_exchange(guest)
     assert got_down == down, f"host sent {down!r}, the guest read {got_down!r}"
     assert got_up == up, f"the guest wrote {up!r}, the host read {got_up!r}"

@@ -7,10 +7,11 @@ kvm_shared_storage), copy-storage (an overlay per host, contents mirrored over N
 ping-pong (A->B->A->B, a fresh destination each hop), dirty memory (a memory-dirtying
 load in the guest, auto-converge on), postcopy (precopy first, then migrate-start-postcopy
 under a dirtying load), multifd (RAM over 4 channels) and xbzrle (re-sent pages as deltas
-against a 64 MiB cache, under a dirtying load). After each: the source is postmigrate, the destination
-running; the counter has the same PID, every number once and in order, uptime never went
-back; the guest answers; the disk kept what was written before. Total time, downtime,
-setup time, bytes, throughput and the guest-observed gap are recorded as test properties.
+against a 64 MiB cache, under a dirtying load). After each: the source is postmigrate, the
+destination running; the counter has the same PID, every number once and in order, uptime
+never went back; the guest answers; the disk kept what was written before; the variant is
+what it says. Total time, downtime, setup time, bytes, throughput, the guest-observed gap
+and the variant's own numbers are recorded as figures (kvm_figure).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ demo: setup
 
 # The project's own tests (real sshd hosts, real QEMU, real guests, a rendered report).
 test: setup-report
-	$(PYTEST) tests/
+	$(PYTEST) tests/ --durations=20
 
 # A bootable Debian 12 cloud image (UEFI, GRUB, cloud-init, qemu-guest-agent, sshd), cached;
 # OUT=path to copy it somewhere.

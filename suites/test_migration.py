@@ -88,6 +88,16 @@ def test_disk_contents_moved(migrated):
     assert migrated.guest.sh("head -c 16 /dev/vda") == migrated.token
 
 
+def test_disk_cache_fits_the_storage(migrated):
+    """On shared storage the disk bypasses the host cache (cache=none: direct, flushes kept),
+    as a safe migration needs; with copy-storage it is the destination's own overlay."""
+    node = mig.disk_node(migrated.guest)
+    if migrated.storage == "shared":
+        assert node.get("cache") == {"writeback": True, "direct": True, "no-flush": False}, node
+    else:
+        assert node.get("file", "").startswith(migrated.guest.rundir + "/"), node
+
+
 def test_guest_answers(migrated):
     assert migrated.guest.sh("echo pong").strip() == "pong"
 

@@ -139,7 +139,7 @@ def test_without_an_agent_the_console_is_the_fallback(session, image):
         guest.stop()
 
 
-@pytest.mark.parametrize("suite, passed", [("test_virtio.py", 14), ("test_migration.py", 77)])
+@pytest.mark.parametrize("suite, passed", [("test_virtio.py", 14), ("test_migration.py", 84)])
 def test_the_suites_run_on_the_image_with_nothing_skipped(image, tmp_path, suite, passed):
     shutil.copy(SUITES / suite, tmp_path)
     (tmp_path / "hosts.ini").write_text(

@@ -302,6 +302,12 @@ def wait_running(guest: Guest, timeout: float = 30.0) -> str:
 
 
 # -- storage ---------------------------------------------------------------------------------
+def disk_node(guest: Guest, node: str = "disk0") -> dict:
+    """QEMU's view of a guest's disk node: its cache mode and the file under it."""
+    nodes = guest.qmp.execute("query-named-block-nodes")
+    return next((n for n in nodes if n.get("node-name") == node), {})
+
+
 def address_of(host: Host) -> str:
     """Where peers send migration (and NBD) streams for this host."""
     cfg = host.entry.config

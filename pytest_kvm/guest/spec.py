@@ -161,7 +161,10 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
         overlay = disk_file(disk, rundir, i)
         if not disk.path:
             out.overlays.append((overlay, base, disk.format))
-        argv += ["-blockdev", f"driver=qcow2,node-name=disk{i},file.driver=file,"
+        # A disk on shared storage bypasses the host's page cache (libvirt's cache=none, which
+        # it requires for migration: the destination must read what the source wrote).
+        cache = "cache.direct=on,cache.no-flush=off," if disk.path else ""
+        argv += ["-blockdev", f"driver=qcow2,node-name=disk{i},{cache}file.driver=file,"
                               f"file.filename={qopt(overlay)}"]
         serial = disk_serial(i)
         if disk.interface == "virtio":

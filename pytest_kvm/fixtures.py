@@ -8,6 +8,7 @@ import shlex
 import shutil
 import tempfile
 import threading
+from dataclasses import replace
 from typing import NoReturn
 
 import pytest
@@ -232,7 +233,12 @@ def with_host_image(spec: GuestSpec, host: Host, keydir: str) -> GuestSpec:
     firmware = cfg.guest_firmware
     if firmware == "auto":
         firmware = "bios" if cfg.guest_root else distro.firmware_of(image)
-    return spec.with_(disks=(Disk(image=image), *spec.disks), cloud_init=ci,
+    disks = (Disk(image=image), *spec.disks)
+    if spec.disks and spec.disks[0].path and not spec.disks[0].image:
+        # a first disk on shared storage (a migrating guest's) becomes the boot disk there:
+        # the image's overlay on shared storage, so that the destination boots nothing anew
+        disks = (replace(spec.disks[0], image=image), *spec.disks[1:])
+    return spec.with_(disks=disks, cloud_init=ci,
                       root=cfg.guest_root, memory=max(spec.memory, 1024), agent=True,
                       firmware=firmware, ssh_key=key)
 

@@ -20,11 +20,11 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from .. import remote
 from ..errors import KvmError
-from ..guest import Disk, Guest, GuestSpec
+from ..guest import Guest, GuestSpec
 from ..host import Host
 from ..waiting import WaitTimeout, wait_until
 
@@ -493,7 +493,9 @@ VARIANT_OPTIONS: dict[str, dict] = {
     "multifd": {"multifd_channels": 4},
     "xbzrle": {"xbzrle_cache": 64 * 1024 * 1024, "auto_converge": True},
 }
-DIRTYING = ("dirty-memory", "postcopy", "xbzrle")
+# MiB a memory-dirtying loop in the guest rewrites, per variant that runs one: dirty-memory's
+# is what auto-converge must overcome; postcopy's and xbzrle's only need pages sent again.
+DIRTYING = {"dirty-memory": 64, "postcopy": 16, "xbzrle": 16}
 
 
 def variant_problem(variant: str, hops: list[Migration]) -> str | None:
@@ -522,8 +524,8 @@ class Run:
     """One variant's migration(s) of a guest running the counter, done once and checked by
     many tests: shared-storage, copy-storage (an overlay per host, mirrored over NBD),
     ping-pong (A->B->A->B, a fresh destination each hop), dirty-memory (a memory-dirtying
-    load, auto-converge on), postcopy (switched from precopy under a dirtying load), multifd
-    (4 channels), xbzrle (a 64 MiB cache, under a dirtying load). All but copy-storage use
+    load, auto-converge on), postcopy (switched from precopy under a lighter dirtying load),
+    multifd (4 channels), xbzrle (a 64 MiB cache, under a lighter dirtying load). All but copy-storage use
     shared storage where there is some. Guests come from ``start`` (which stops them);
     ``close()`` removes the rest."""
 
@@ -542,11 +544,11 @@ class Run:
         self.cleanup: list[tuple[Host, str]] = []
         self.storage = "copy" if variant == "copy-storage" or (
             variant != "shared-storage" and shared_dir is None) else "shared"
-        if self.storage == "shared":
+        if self.storage == "shared":  # its first disk there (made by the source's start;
+            # on a distro image, the image's overlay: the boot disk itself is shared)
             image = f"{shared_dir}/mig-{secrets.token_hex(4)}.qcow2"
-            src.run(["qemu-img", "create", "-q", "-f", "qcow2", image, "64M"])
             self.cleanup.append((src, image))
-            spec = spec.with_(disks=(Disk(path=image),))
+            spec = spec.with_(disks=(replace(spec.disks[0], path=image), *spec.disks[1:]))
         self.spec = spec
         log.info("%s migration %s -> %s (%s storage)", variant, src.name,
                  dst.name, self.storage)
@@ -565,7 +567,7 @@ class Run:
         self.pid = start_counter(self.guest)
         self.watch.wait_lines("source", 5, 30)
         if variant in DIRTYING:
-            start_dirtying(self.guest)
+            start_dirtying(self.guest, DIRTYING[variant])
         for to_host in ([dst, src, dst] if variant == "ping-pong" else [dst]):
             self.hop(to_host)
 

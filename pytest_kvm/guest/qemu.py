@@ -462,9 +462,7 @@ def _start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, s
     prepare = [["mkdir", "-p", f"{host.workdir}/{RUN_DIR}"], ["mkdir", "-m", "0700", rundir],
                remote.argv("write", owner.line() + "\n", f"{rundir}/owner")]
     for disk in spec.disks:
-        if disk.path:
-            bases.append("")
-        elif disk.image:
+        if disk.image:
             bases.append(host.put_cached(disk.image))
         else:
             base = f"{host.workdir}/cache/blank-{disk.size}.qcow2"
@@ -481,8 +479,12 @@ def _start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, s
                       kernel=kernel, initrd=initrd, disk_bases=bases, seed=seed,
                       uefi_code=uefi_code, ssh_port=ssh_port)
     for overlay, base, fmt in rendered.overlays:
-        prepare.append(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", base,
-                        overlay])
+        create = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", base, overlay]
+        if not overlay.startswith(rundir + "/"):  # on shared storage: the first guest (a
+            # migration's source) makes it, the next ones (its destinations) use it as it is
+            create = ["sh", "-c", 'f=$1; shift; test -e "$f" || exec "$@"', "shared-disk",
+                      overlay, *create]
+        prepare.append(create)
     prepare.append(remote.argv("write", shlex.join(rendered.argv) + "\n", f"{rundir}/cmdline"))
     script = " && ".join(shlex.join(step) for step in prepare)
     host.run(["mkdir", "-p", f"{host.workdir}/cache"], timeout=30)

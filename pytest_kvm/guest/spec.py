@@ -158,9 +158,8 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
     if any(d.interface == "scsi" for d in spec.disks):
         argv += ["-device", "virtio-scsi-pci,id=scsi0"]
     for i, (disk, base) in enumerate(zip(spec.disks, disk_bases, strict=True)):
-        overlay = disk_file(disk, rundir, i)
-        if not disk.path:
-            out.overlays.append((overlay, base, disk.format))
+        overlay = disk_file(disk, rundir, i)  # (on shared storage: made by the first guest)
+        out.overlays.append((overlay, base, disk.format))
         # A disk on shared storage bypasses the host's page cache (libvirt's cache=none, which
         # it requires for migration: the destination must read what the source wrote).
         cache = "cache.direct=on,cache.no-flush=off," if disk.path else ""

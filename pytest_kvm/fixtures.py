@@ -177,7 +177,7 @@ class GuestFactory:
         spec = (spec or GuestSpec()).with_(**changes) if changes else (spec or GuestSpec())
         with reporting.step(f"provision and boot {spec.name} on {host.name}"):
             guest = self.session.start_guest(
-                host, with_host_image(spec, host, self.session.keydir), self.label, wait)
+                host, with_host_image(spec, host, self.session), self.label, wait)
         self.guests.append(guest)
         return guest
 
@@ -217,7 +217,7 @@ class GuestFactory:
         return kept
 
 
-def with_host_image(spec: GuestSpec, host: Host, keydir: str) -> GuestSpec:
+def with_host_image(spec: GuestSpec, host: Host, session: KvmSession) -> GuestSpec:
     """The spec on the host's distro image (kvm_guest_image), when it names one and the spec
     does not bring its own kernel or image: boot disk first, a fresh cloud-init seed."""
     image = host.entry.config.guest_image
@@ -226,7 +226,7 @@ def with_host_image(spec: GuestSpec, host: Host, keydir: str) -> GuestSpec:
     cfg = host.entry.config
     # commands: the guest agent where the image has one, else SSH to its sshd (our key, its
     # host key known before it boots), else the serial console
-    key, pub = nesting.keypair(keydir)
+    key, pub = nesting.keypair(session.keydir)  # (made only when a guest needs a key)
     ci = CloudInit(user=cfg.guest_user, password=secrets.token_urlsafe(12),
                    hostname=safe_name(spec.name, 30), ssh_keys=(pub,),
                    host_key=ed25519_keypair())

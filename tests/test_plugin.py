@@ -3,6 +3,7 @@ or in a subprocess where the test needs one (its environment, another network na
 
 from __future__ import annotations
 
+import glob
 import socket
 import subprocess
 import sys
@@ -158,13 +159,16 @@ def test_unreachable_and_unresolvable_hosts_error_alone(rig, suite):
 def test_the_info_log_tells_a_guests_story_in_order_with_no_secret(pytester):
     """--log-cli-level=INFO: the guest's launch, each command it ran, its stop."""
     pytester.makepyfile(test_story="""
-        def test_story(guest):
+        def test_story(guest, kvm_session):
             assert guest.sh("echo story-$((6*7))").strip() == "story-42"
+            assert kvm_session._keydir is None  # a micro guest needs no key: none made
     """)
     pytester.makefile(".ini", hosts="[lab]\nlocalhost ansible_connection=local "
                                     "ansible_become_password=Not-In-Any-Log-9\n")
+    keydirs = set(glob.glob("/tmp/pytest-kvm-keys-*"))
     r = pytester.runpytest("--hosts", "hosts.ini", "--log-cli-level=INFO", "-p", "no:randomly")
     r.assert_outcomes(passed=1)
+    assert set(glob.glob("/tmp/pytest-kvm-keys-*")) == keydirs  # none left behind
     r.stdout.re_match_lines([r".*localhost/guest: starting QEMU .*",
                              r".*localhost/guest: ready in .*",
                              r".*localhost/guest: `echo story-\$\(\(6\*7\)\)` -> 0 .*",

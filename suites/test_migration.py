@@ -95,7 +95,8 @@ def test_disk_cache_fits_the_storage(migrated):
     as a safe migration needs; with copy-storage it is the destination's own overlay."""
     node = mig.disk_node(migrated.guest)
     if migrated.storage == "shared":
-        assert node.get("cache") == {"writeback": True, "direct": True, "no-flush": False}, node
+        assert node["protocol"].get("cache") == {"writeback": True, "direct": True,
+                                                 "no-flush": False}, node
     else:
         assert node.get("file", "").startswith(migrated.guest.rundir + "/"), node
 

@@ -303,9 +303,13 @@ def wait_running(guest: Guest, timeout: float = 30.0) -> str:
 
 # -- storage ---------------------------------------------------------------------------------
 def disk_node(guest: Guest, node: str = "disk0") -> dict:
-    """QEMU's view of a guest's disk node: its cache mode and the file under it."""
+    """QEMU's view of a guest's disk: its format node, and under ``"protocol"`` the node of
+    its own file (whose cache mode is the one that matters)."""
     nodes = guest.qmp.execute("query-named-block-nodes")
-    return next((n for n in nodes if n.get("node-name") == node), {})
+    top = next((n for n in nodes if n.get("node-name") == node), {})
+    protocol = next((n for n in nodes if n.get("drv") == "file"
+                     and n.get("file") == top.get("file") and n is not top), {})
+    return {**top, "protocol": protocol}
 
 
 def address_of(host: Host) -> str:

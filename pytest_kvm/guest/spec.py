@@ -161,9 +161,10 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
         overlay = disk_file(disk, rundir, i)  # (on shared storage: made by the first guest)
         out.overlays.append((overlay, base, disk.format))
         # A disk on shared storage bypasses the host's page cache (libvirt's cache=none, which
-        # it requires for migration: the destination must read what the source wrote).
-        cache = "cache.direct=on,cache.no-flush=off," if disk.path else ""
-        argv += ["-blockdev", f"driver=qcow2,node-name=disk{i},{cache}file.driver=file,"
+        # it requires for migration: the destination must read what the source wrote). Only
+        # its own file: its base in the host's cache may be on a file system without O_DIRECT.
+        cache = "file.cache.direct=on," if disk.path else ""
+        argv += ["-blockdev", f"driver=qcow2,node-name=disk{i},file.driver=file,{cache}"
                               f"file.filename={qopt(overlay)}"]
         serial = disk_serial(i)
         if disk.interface == "virtio":

@@ -193,15 +193,15 @@ def migrate(source: Guest, destination: Guest, address: str, port: int, *,
             guest.qmp.execute("migrate-set-parameters", **params)
     both = {"postcopy-ram": postcopy, "multifd": multifd_channels > 0}  # on both ends
     caps = {"events": True, "auto-converge": auto_converge, "xbzrle": xbzrle_cache > 0, **both}
-    on_both = [{"capability": c, "state": True} for c, on in both.items() if on]
-    for guest in (destination, source):
-        if on_both:
-            guest.qmp.execute("migrate-set-capabilities", capabilities=on_both)
-        if multifd_channels:
-            guest.qmp.execute("migrate-set-parameters", multifd_channels=multifd_channels)
-    destination.qmp.execute("migrate-incoming", uri=uri)
+    if any(both.values()):  # the destination's before it listens
+        destination.qmp.execute("migrate-set-capabilities", capabilities=[
+            {"capability": c, "state": True} for c, on in both.items() if on])
     source.qmp.execute("migrate-set-capabilities", capabilities=[
         {"capability": c, "state": on} for c, on in caps.items()])
+    if multifd_channels:
+        for guest in (destination, source):
+            guest.qmp.execute("migrate-set-parameters", multifd_channels=multifd_channels)
+    destination.qmp.execute("migrate-incoming", uri=uri)
     result.capabilities = ",".join(c for c, on in caps.items() if on)
     if postcopy and not max_bandwidth:
         max_bandwidth = POSTCOPY_PRECOPY_BANDWIDTH
@@ -261,14 +261,17 @@ def migrate(source: Guest, destination: Guest, address: str, port: int, *,
 def _switch_to_postcopy(source: Guest, timeout: float) -> bool:
     """Once POSTCOPY_AFTER bytes went in precopy, migrate-start-postcopy; True when the source
     then reports postcopy-active (a migration that ended first never was in postcopy)."""
+    status = {"now": ""}
+
     def precopied() -> bool:
         info = source.qmp.execute("query-migrate")
-        status = info.get("status")  # (setup, then active)
-        return status in ("completed", "failed", "cancelled") or (
-            status == "active" and info.get("ram", {}).get("transferred", 0) >= POSTCOPY_AFTER)
+        status["now"] = info.get("status", "")  # (setup, then active)
+        return status["now"] in ("completed", "failed", "cancelled") or (
+            status["now"] == "active"
+            and info.get("ram", {}).get("transferred", 0) >= POSTCOPY_AFTER)
 
     wait_until(precopied, timeout, f"{POSTCOPY_AFTER} bytes sent in precopy", step=0.1)
-    if source.qmp.execute("query-migrate").get("status") != "active":
+    if status["now"] != "active":
         return False
     source.qmp.execute("migrate-start-postcopy")
     seen = {"postcopy": False}
@@ -529,8 +532,8 @@ class Run:
     many tests: shared-storage, copy-storage (an overlay per host, mirrored over NBD),
     ping-pong (A->B->A->B, a fresh destination each hop), dirty-memory (a memory-dirtying
     load, auto-converge on), postcopy (switched from precopy under a lighter dirtying load),
-    multifd (4 channels), xbzrle (a 64 MiB cache, under a lighter dirtying load). All but copy-storage use
-    shared storage where there is some. Guests come from ``start`` (which stops them);
+    multifd (4 channels), xbzrle (a 64 MiB cache, under a lighter dirtying load). All but
+    copy-storage use shared storage where there is some. Guests come from ``start`` (which stops them);
     ``close()`` removes the rest."""
 
     def __init__(self, variant: str, src: Host, dst: Host, spec: GuestSpec, start: StartGuest,

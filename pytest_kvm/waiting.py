@@ -17,9 +17,11 @@ class WaitTimeout(KvmError):
 
 
 def wait_until(predicate: Callable[[], T], timeout: float, what: str,
-               step: float = 0.25) -> T:
+               step: float = 0.25, max_step: float | None = None) -> T:
     """The first true value of ``predicate()`` (called at least once, and once more at the
-    deadline); WaitTimeout naming ``what`` when none came within ``timeout`` seconds."""
+    deadline); WaitTimeout naming ``what`` when none came within ``timeout`` seconds.
+    With ``max_step`` the pause starts at ``step`` and doubles up to it (quick answers
+    are seen quickly, slow ones are not polled hard)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -28,3 +30,5 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str,
         if time.monotonic() >= deadline:
             raise WaitTimeout(f"{what}: not within {timeout:g} s (last seen: {value!r})")
         time.sleep(min(step, max(0.0, deadline - time.monotonic())))
+        if max_step is not None:
+            step = min(step * 2, max_step)

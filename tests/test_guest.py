@@ -81,6 +81,14 @@ def test_a_wait_names_what_it_waited_for():
     assert wait_until(iter([0, "", "yes"]).__next__, 5, "a value", step=0) == "yes"
 
 
+def test_a_wait_with_backoff_polls_less_and_less():
+    calls = []
+    with pytest.raises(WaitTimeout):
+        wait_until(lambda: calls.append(1), 0.6, "nothing", step=0.01, max_step=0.1)
+    # 0.01 + 0.02 + 0.04 + 0.08, then 0.1 s apart: about 10 calls (60 at a fixed 0.01 s)
+    assert 5 <= len(calls) <= 12, len(calls)
+
+
 def test_run_dir_holds_sockets_logs_and_owner(booted, host):
     listing = host.run(["ls", booted.rundir]).stdout.split()
     assert {"c.sock", "q.sock", "console.log", "qemu.log", "qemu.pid", "owner",

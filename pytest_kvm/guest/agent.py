@@ -16,6 +16,7 @@ import time
 
 from ..errors import KvmError
 from ..transport import Stream
+from ..waiting import WaitTimeout, wait_until
 
 log = logging.getLogger("pytest_kvm.guest")
 
@@ -104,18 +105,18 @@ class Agent:
         start = time.monotonic()
         pid = self.execute("guest-exec", {"path": "/bin/sh", "arg": ["-c", command],
                                           "capture-output": True})["pid"]
-        deadline = start + timeout
-        pause = 0.02
-        while True:
+
+        def exited() -> dict | None:
             status = self.execute("guest-exec-status", {"pid": pid},
-                                  timeout=max(5.0, deadline - time.monotonic()))
-            if status.get("exited"):
-                break
-            if time.monotonic() > deadline:
-                self._kill(pid)
-                return None, "", ""
-            time.sleep(pause)
-            pause = min(pause * 2, 0.25)
+                                  timeout=max(5.0, start + timeout - time.monotonic()))
+            return status if status.get("exited") else None
+
+        try:
+            status = wait_until(exited, timeout, f"{self.name}: {command[:80]!r} to end",
+                                step=0.02, max_step=0.25)
+        except WaitTimeout:
+            self._kill(pid)
+            return None, "", ""
         out = base64.b64decode(status.get("out-data", "")).decode(errors="replace")
         err = base64.b64decode(status.get("err-data", "")).decode(errors="replace")
         code = status.get("exitcode")
@@ -133,14 +134,9 @@ class Agent:
         try:
             killer = self.execute("guest-exec", {"path": "/bin/sh", "arg": [
                 "-c", tree, "kill", str(pid)]}, timeout=10)["pid"]
-            deadline = time.monotonic() + 10
             for waited in (killer, pid):
-                while not self.execute("guest-exec-status", {"pid": waited},
-                                       timeout=10).get("exited"):
-                    if time.monotonic() > deadline:
-                        log.warning("%s: agent: process %s not reaped 10 s after the kill",
-                                    self.name, waited)
-                        return
-                    time.sleep(0.05)
-        except AgentError as e:
+                wait_until(lambda w=waited: self.execute("guest-exec-status", {"pid": w},
+                                                         timeout=10).get("exited"),
+                           10, f"process {waited} reaped after the kill", step=0.05)
+        except (AgentError, WaitTimeout) as e:
             log.warning("%s: agent: killing process %s: %s", self.name, pid, e)

@@ -6,11 +6,12 @@ import hashlib
 import io
 import json
 import os
+import time
 from dataclasses import dataclass, field
 
-import pexpect
 import pycdlib
 
+from ..waiting import wait_until
 from .image import PROMPT
 
 
@@ -71,24 +72,21 @@ def nocloud_seed(ci: CloudInit, directory: str) -> str:
 
 def console_login(console, ci: CloudInit, deadline_s: float) -> None:
     """Log in on a serial getty, retrying while cloud-init has not set the password yet,
-    then switch the shell to pytest-kvm's prompt so ``run`` works as on the micro guest."""
-    import time
-
+    then switch the shell to pytest-kvm's prompt so ``run`` works as on the micro guest.
+    pexpect.TIMEOUT when no login prompt came, WaitTimeout when logins kept failing."""
     deadline = time.monotonic() + deadline_s
-    while True:
-        left = max(1.0, deadline - time.monotonic())
+
+    def logged_in() -> bool:
         console.sendline("")
-        console.expect(r"login: ", timeout=left)
+        console.expect(r"login: ", timeout=max(1.0, deadline - time.monotonic()))
         console.sendline(ci.user)
         i = console.expect([r"[Pp]assword: ", r"\$ ", r"# "], timeout=60)
         if i == 0:
             console.send((ci.password or "") + "\n")  # sent, never logged by us
             i = console.expect([r"Login incorrect", r"\$ ", r"# "], timeout=60)
-        if i != 0:
-            break
-        if time.monotonic() > deadline:
-            raise pexpect.TIMEOUT("login kept failing")
-        time.sleep(5)  # cloud-init has not set the password yet
+        return i != 0  # "Login incorrect": cloud-init has not set the password yet
+
+    wait_until(logged_in, deadline_s, f"a console login as {ci.user!r}", step=5)
     console.sendline(f"export PS1='{PROMPT}'; stty -echoctl 2>/dev/null")
     console.expect_exact(PROMPT, timeout=30)
 

@@ -17,6 +17,7 @@ import pexpect
 from .. import remote
 from ..errors import CommandTimeout, HostUnreachable, KvmError, TransportError
 from ..host import Host, Owner, controller_id, process_start  # noqa: F401
+from ..waiting import WaitTimeout, wait_until
 from .agent import Agent, AgentUnavailable
 from .cloudinit import console_login, nocloud_seed, quiet_console
 from .console import Console, ConsoleClosed, GuestCommandTimeout
@@ -200,20 +201,27 @@ class Guest:
 
     def _wait_ssh(self, deadline: float) -> bool:
         """Wait for the guest's sshd to let us in (key pinned); False when it never does."""
-        while time.monotonic() < deadline:
+        def logged_in() -> bool:
             if not self.alive():
                 raise pexpect.EOF("QEMU exited")
             try:
                 self.ssh.run(["true"], timeout=15)
-                self.channel = "ssh"
-                log.info("%s/%s: commands go through SSH", self.host.name, self.spec.name)
                 return True
             except TransportError:
                 if self._ssh is not None:
                     self._ssh.close()
                 self._ssh = None
-                time.sleep(2)
-        return False
+                return False
+
+        try:
+            wait_until(logged_in, max(0.0, deadline - time.monotonic()),
+                       "a login by SSH with the pinned key", step=2)
+        except WaitTimeout as exc:
+            log.info("%s/%s: %s", self.host.name, self.spec.name, exc)
+            return False
+        self.channel = "ssh"
+        log.info("%s/%s: commands go through SSH", self.host.name, self.spec.name)
+        return True
 
     def _run_console(self, command: str, timeout: float) -> tuple[int, str]:
         try:
@@ -309,12 +317,14 @@ class Guest:
 
     def exit_status(self) -> str:
         """How QEMU ended, from its exit status (empty while it runs or when unknown)."""
-        raw = ""
-        for _ in range(10):  # written by QEMU's parent shell just after QEMU ends
+        def written() -> str:  # by QEMU's parent shell just after QEMU ends
             raw = self.read_log("exit-status", 1).strip()
-            if raw.isdigit() or self.alive():
-                break
-            time.sleep(0.2)
+            return raw if raw.isdigit() or self.alive() else ""
+
+        try:
+            raw = wait_until(written, 2, "QEMU's exit status", step=0.2)
+        except WaitTimeout:
+            return ""
         if not raw.isdigit():
             return ""
         code = int(raw)
@@ -367,6 +377,8 @@ class Guest:
         except pexpect.EOF as exc:
             raise self.describe_death("QEMU exited before the guest was ready "
                                       "(crash, triple fault or -no-reboot exit)") from exc
+        except WaitTimeout as exc:  # logins kept failing
+            raise self.describe_death(str(exc)) from exc
         except pexpect.TIMEOUT as exc:
             if not self.alive():
                 raise self.describe_death("QEMU exited before the guest was ready") from exc
@@ -377,25 +389,34 @@ class Guest:
     def _wait_agent(self, deadline: float) -> bool:
         """Wait for the guest agent to answer; False (the console is used) when the guest got
         to a login prompt and the agent still did not answer 30 s later."""
-        login_seen = None
-        while time.monotonic() < deadline:
+        login_seen: list[float] = []
+
+        def answered() -> str:
             if not self.alive():
                 raise pexpect.EOF("QEMU exited")
             try:
                 if self.agent.sync(timeout=3):
-                    self.channel = "agent"
-                    log.info("%s/%s: commands go through the guest agent", self.host.name,
-                             self.spec.name)
-                    return True
+                    return "agent"
             except AgentUnavailable:
                 self._agent = None  # reconnect on the next try
-                time.sleep(1)
-            if login_seen is None and self.host.run(
+            if not login_seen and self.host.run(
                     ["grep", "-qF", "login: ", f"{self.rundir}/console.log"], check=False,
                     timeout=30).ok:
-                login_seen = time.monotonic()
-            if login_seen is not None and time.monotonic() - login_seen > 30:
-                break
+                login_seen.append(time.monotonic())
+            if login_seen and time.monotonic() - login_seen[0] > 30:
+                return "console"
+            return ""
+
+        try:
+            channel = wait_until(answered, max(0.0, deadline - time.monotonic()),
+                                 "an answer from the guest agent", step=0.5)
+        except WaitTimeout:
+            channel = "console"
+        if channel == "agent":
+            self.channel = "agent"
+            log.info("%s/%s: commands go through the guest agent", self.host.name,
+                     self.spec.name)
+            return True
         log.info("%s/%s: no guest agent; commands go through the serial console",
                  self.host.name, self.spec.name)
         return False

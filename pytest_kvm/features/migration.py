@@ -533,8 +533,10 @@ class Run:
     ping-pong (A->B->A->B, a fresh destination each hop), dirty-memory (a memory-dirtying
     load, auto-converge on), postcopy (switched from precopy under a lighter dirtying load),
     multifd (4 channels), xbzrle (a 64 MiB cache, under a lighter dirtying load). All but
-    copy-storage use shared storage where there is some. Guests come from ``start`` (which stops them);
-    ``close()`` removes the rest."""
+    copy-storage use shared storage where there is some. Guests come from ``start`` (whose
+    owner stops them at the end); ``close()`` stops the last one (the guest the checks read:
+    left running, it and its dirtying load would slow every later variant) and removes the
+    rest."""
 
     def __init__(self, variant: str, src: Host, dst: Host, spec: GuestSpec, start: StartGuest,
                  shared_dir: str | None = None, tls: MigrationTls | None = None,
@@ -562,8 +564,8 @@ class Run:
         try:
             self._run()
         except BaseException:
-            self.close()  # (its guests are the factory's to stop)
-            raise
+            self._release()  # (its guests stay for the failure's diagnostics; the factory
+            raise            # stops them)
 
     def _run(self) -> None:
         src, dst, variant = self.src, self.dst, self.variant
@@ -622,6 +624,11 @@ class Run:
         return sorted(first.values())
 
     def close(self) -> None:
+        """After the checks: the last guest stopped, then its files removed."""
+        self.guest.stop()
+        self._release()
+
+    def _release(self) -> None:
         self.watch.close()
         for host, path in self.cleanup:
             host.run(["rm", "-f", path], check=False)

@@ -52,6 +52,14 @@ def test_exit_status_and_output(booted):
     assert booted.run("printf 'a\\nb\\n'") == (0, "a\nb\n")
 
 
+def test_a_running_qemu_has_no_exit_status_and_it_is_not_awaited(booted, monkeypatch):
+    reads = []
+    read_log = booted.read_log
+    monkeypatch.setattr(booted, "read_log", lambda *a: reads.append(a) or read_log(*a))
+    assert booted.exit_status() == ""
+    assert reads == [("exit-status", 1)]  # read once: QEMU runs, nothing to wait for
+
+
 def test_command_timeout_is_interrupted_and_console_recovers(booted):
     with pytest.raises(GuestCommandTimeout, match="`sleep 30` did not finish within 1 s"):
         booted.run("sleep 30", timeout=1)

@@ -319,7 +319,7 @@ class Guest:
         """How QEMU ended, from its exit status (empty while it runs or when unknown)."""
         def written() -> str:  # by QEMU's parent shell just after QEMU ends
             raw = self.read_log("exit-status", 1).strip()
-            return raw if raw.isdigit() or self.alive() else ""
+            return raw if raw.isdigit() else "running" if self.alive() else ""
 
         try:
             raw = wait_until(written, 2, "QEMU's exit status", step=0.2)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import secrets
 import shlex
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import NoReturn
 
@@ -163,11 +165,14 @@ class GuestFactory:
     command is printed instead.
     """
 
-    def __init__(self, session: KvmSession, default_host: Host | None, label: str):
+    def __init__(self, session: KvmSession, default_host: Host | None, label: str,
+                 failed: Callable[[], bool] = lambda: False):
         self.session = session
         self.default_host = default_host
         self.label = label
+        self.failed = failed  # did a test of this factory's scope fail (for --kvm-keep-failed)
         self.guests: list[Guest] = []
+        self.replaced: dict[Guest, Guest] = {}  # a dead guest -> the fresh one in its place
 
     def __call__(self, spec: GuestSpec | None = None, host: Host | None = None,
                  wait: bool = True, **changes) -> Guest:
@@ -192,7 +197,39 @@ class GuestFactory:
                             "again (the previous one died)"):
             fresh = self.session.start_guest(guest.host, guest.spec, self.label)
         self.guests[self.guests.index(guest)] = fresh
+        self.replaced[guest] = fresh
         return fresh
+
+    @contextlib.contextmanager
+    def held(self, spec: GuestSpec | None = None, host: Host | None = None, **changes):
+        """A guest for the life of the fixture that holds it, stopped when that fixture ends::
+
+            @pytest.fixture(scope="module")
+            def my_guest(kvm_host, module_guest_factory):
+                with module_guest_factory.held(GuestSpec(...), host=kvm_host) as guest:
+                    yield guest
+
+        pytest ends a module fixture that depends on ``kvm_host`` when the host parameter
+        changes (its tests are grouped by parameters of module scope, so one host's tests
+        can come in several runs): the guest is stopped then, not at the end of the module,
+        so the guests of one host do not pile up on it."""
+        guest = self(spec, host, **changes)
+        try:
+            yield guest
+        finally:
+            self.release(guest)
+
+    def release(self, guest: Guest) -> None:
+        """Stop ``guest`` (or the fresh guest that replaced it) before the factory's scope
+        ends; one of a failed test stays, under --kvm-keep-failed, until that end."""
+        while guest in self.replaced:
+            guest = self.replaced.pop(guest)
+        if guest not in self.guests or (self.failed() and self.session.keep_failed
+                                        and guest.alive()):
+            return
+        self.guests.remove(guest)
+        with reporting.step(f"stop {guest.spec.name} on {guest.host.name}"):
+            guest.stop()
 
     def finish(self, failed: bool, reporter=None) -> list[str]:
         errors, kept = [], []
@@ -251,10 +288,10 @@ def _failed(request, node) -> bool:
 
 def _factory(request, session: KvmSession, host: Host | None):
     label = request.node.name
-    factory = GuestFactory(session, host, label)
+    factory = GuestFactory(session, host, label, lambda: _failed(request, request.node))
     yield factory
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    factory.finish(_failed(request, request.node), reporter)
+    factory.finish(factory.failed(), reporter)
 
 
 def _fail(exc: KvmError) -> NoReturn:
@@ -346,12 +383,16 @@ def guest_spec() -> GuestSpec:
 
 
 @pytest.fixture(scope="module")
-def guest(kvm_host, guest_spec, module_guest_factory) -> Guest:
-    """One guest per host and module, booted once and shared by the module's tests."""
+def guest(kvm_host, guest_spec, module_guest_factory) -> Iterator[Guest]:
+    """One guest per host and module, shared by the module's tests of that host; stopped
+    when they are done (which, with other module parameters, can be before the module's
+    end: the next run of that host's tests boots it again)."""
     try:
-        return module_guest_factory(guest_spec, host=kvm_host)
+        booted = module_guest_factory(guest_spec, host=kvm_host)
     except KvmError as exc:
         _fail(exc)
+    yield booted
+    module_guest_factory.release(booted)
 
 
 @pytest.fixture(autouse=True)

@@ -57,8 +57,9 @@ def test_guest_sees_the_device_at_boot(kvm_host, kvm_pci, binding, original, gue
 @pytest.fixture(scope="module")
 def hotplug_guest(kvm_host, binding, module_guest_factory):
     """A running guest with a free PCIe root port (hp0) to plug into."""
-    return module_guest_factory(GuestSpec(name="pt-hotplug", devices=(
-        "pcie-root-port,id=hp0,chassis=9,slot=9",)), host=kvm_host)
+    with module_guest_factory.held(GuestSpec(name="pt-hotplug", devices=(
+            "pcie-root-port,id=hp0,chassis=9,slot=9",)), host=kvm_host) as guest:
+        yield guest
 
 
 @pytest.fixture(scope="module")

@@ -66,12 +66,23 @@ def test_multiqueue_nic_has_its_queues(guest):
 
 
 # -- virtio-blk, virtio-scsi -------------------------------------------------------------------
-@pytest.fixture(scope="module", params=["virtio", "scsi"])
-def disk(request, guest):
-    index = virtio.disk_index(guest, request.param)
-    device = virtio.disk_of(guest, disk_serial(index))
-    assert device, f"no disk with serial {disk_serial(index)} in the guest"
-    return virtio.disk_check(guest, device, f"disk{index}", guest.disk_file(index))
+@pytest.fixture(scope="module")
+def disk_checks(guest):
+    """Each disk's I/O check, made once per guest: (guest, bus) -> virtio.DiskCheck."""
+    return {}
+
+
+# The bus is a parameter of each test, not of a module fixture: module parameters would split
+# each host's tests into several runs, and its guest would boot again for each.
+@pytest.fixture(params=["virtio", "scsi"])
+def disk(request, guest, disk_checks):
+    if (guest, request.param) not in disk_checks:
+        index = virtio.disk_index(guest, request.param)
+        device = virtio.disk_of(guest, disk_serial(index))
+        assert device, f"no disk with serial {disk_serial(index)} in the guest"
+        disk_checks[guest, request.param] = virtio.disk_check(
+            guest, device, f"disk{index}", guest.disk_file(index))
+    return disk_checks[guest, request.param]
 
 
 def test_disk_reads_back_what_was_written(disk, kvm_figure):
@@ -138,7 +149,8 @@ def hp_guest(kvm_host, module_guest_factory):
     """A virtio disk and NIC at boot (their drivers loaded, as a distro's would be), and free
     root ports, a vCPU slot and memory slots to plug more into."""
     spec = GuestSpec(name="virtio-hotplug", hotplug=True, disks=(Disk(),), nics=(Nic(),))
-    return module_guest_factory(spec, host=kvm_host)
+    with module_guest_factory.held(spec, host=kvm_host) as guest:
+        yield guest
 
 
 # The plugged devices are fixtures of each test (plugged when not there): a test rerun on a

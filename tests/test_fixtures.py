@@ -100,3 +100,38 @@ def test_keep_failed_keeps_the_guest_and_says_how_to_reach_it(suite, rig):
 def test_cleanup_without_inventory_is_a_usage_error(tmp_path):
     r = pytest_run(["--kvm-cleanup"], tmp_path)
     assert r.returncode == 4 and "--kvm-cleanup needs an inventory" in r.stderr
+
+
+def test_a_hosts_module_guest_stops_when_its_run_of_tests_ends(rig, pytester):
+    """A module parameter interleaves the hosts' tests (pytest groups tests by parameters of
+    module scope): each host's ``guest`` stops when its run of tests ends, so guests never
+    pile up on a host (they did on lab1, whose one vCPU then booted each next guest slower,
+    past the 60 s boot timeout)."""
+    pytester.makepyfile(test_interleaved="""
+        import subprocess
+        import pytest
+
+        @pytest.fixture(scope="module", params=["a", "b"])
+        def flavour(request):
+            return request.param
+
+        def one_guest(guest, kvm_session):
+            ps = subprocess.run(["pgrep", "-c", "-f", "^qemu-system.* -name pytest-kvm-"
+                                 + kvm_session.owner.run_id], capture_output=True, text=True)
+            assert guest.alive() and ps.stdout.strip() == "1", ps.stdout
+
+        def test_plain(guest, kvm_session):
+            one_guest(guest, kvm_session)
+
+        def test_flavoured(guest, flavour, kvm_session):
+            one_guest(guest, kvm_session)
+
+        def test_plain_again(guest, kvm_session):
+            one_guest(guest, kvm_session)
+    """)
+    pytester.makefile(".ini", hosts=rig.inventory())
+    r = pytester.runpytest("--hosts", "hosts.ini", "-p", "no:randomly", "-v")
+    r.assert_outcomes(passed=8)
+    hosts = [line.split("[")[1][:5] for line in r.stdout.lines if "PASSED" in line]
+    runs = [h for i, h in enumerate(hosts) if i == 0 or hosts[i - 1] != h]
+    assert len(runs) > 2, f"the hosts' tests did not interleave ({hosts}): this proves nothing"

@@ -62,6 +62,7 @@ class KvmSession:
         self._lock = threading.RLock()
         self._l1_guests: list[Guest] = []
         self._keydir: str | None = None
+        self._closed = False
         self.leases = Leases(owner.run_id)
         self.channels: dict[str, str] = {}  # "host/guest" -> how its commands went, its OS
 
@@ -134,7 +135,10 @@ class KvmSession:
         return guest
 
     def close(self) -> None:
-        """Stop the nested hosts (innermost first) and close every connection."""
+        """Stop the nested hosts (innermost first) and close every connection (once)."""
+        if self._closed:
+            return
+        self._closed = True
         for host in self._hosts.values():
             host.transport.close()
         for guest in reversed(self._l1_guests):

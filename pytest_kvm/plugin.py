@@ -148,7 +148,7 @@ def pytest_cmdline_main(config: pytest.Config):
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
-    if session is not None:
+    if session is not None:  # closed at sessionfinish already, unless the session never ran
         session.close()
 
 
@@ -397,5 +397,10 @@ def _best_effort(fn, *args, **kw):
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     kvm = session.config.stash.get(SESSION_KEY, None)
-    if kvm is not None and reporting.active(session.config):
+    if kvm is None:
+        return
+    if reporting.active(session.config):
         reporting.write_environment(session.config, kvm)
+    # The nested hosts stop here, not at unconfigure: live logging (--log-cli-level) still
+    # shows it, under "live log sessionfinish".
+    kvm.close()

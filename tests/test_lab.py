@@ -141,7 +141,8 @@ def test_host_state_is_restored_after_failing_tests(tmp_path):
     env_path = os.pathsep.join([os.path.abspath(suites), os.environ.get("PYTHONPATH", "")])
     os.environ["PYTHONPATH"], old = env_path, os.environ.get("PYTHONPATH")
     try:
-        r = pytest_run(["--hosts", "hosts.ini", "-p", "no:randomly", "-v"], tmp_path, timeout=600)
+        r = pytest_run(["--hosts", "hosts.ini", "-p", "no:randomly", "-v",
+                        "--log-cli-level=INFO"], tmp_path, timeout=600)
     finally:
         if old is None:
             os.environ.pop("PYTHONPATH")
@@ -151,6 +152,9 @@ def test_host_state_is_restored_after_failing_tests(tmp_path):
     assert "test_fails_with_vfs_created[lab1-0000:01:00.0-one] FAILED" in out, out[-3000:]
     assert "test_fails_with_device_on_vfio[lab1-0000:02:00.0] FAILED" in out, out[-3000:]
     assert "test_c_check.py::test_state_is_back PASSED" in out, out[-3000:]
+    # the live log tells the nested host's story to its end: its stop is in it
+    finish = out[out.index("live log sessionfinish"):]
+    assert "localhost/l1-lab1: stopping QEMU" in finish, out[-3000:]
 
 
 def test_management_devices_are_found(lab1):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -9,6 +10,7 @@ from typing import TypeVar
 from .errors import KvmError
 
 T = TypeVar("T")
+log = logging.getLogger("pytest_kvm.waiting")
 
 
 class WaitTimeout(KvmError):
@@ -32,3 +34,14 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str,
         time.sleep(min(step, max(0.0, deadline - time.monotonic())))
         if max_step is not None:
             step = min(step * 2, max_step)
+
+
+def first_within(predicate: Callable[[], T], timeout: float, what: str,
+                 step: float = 0.25, max_step: float | None = None) -> T | None:
+    """As wait_until, for a wait whose timeout is an answer rather than an error: the first
+    true value of ``predicate()``, or None when none came (logged, naming what was awaited)."""
+    try:
+        return wait_until(predicate, timeout, what, step, max_step)
+    except WaitTimeout as exc:
+        log.info("%s", exc)
+        return None

@@ -17,7 +17,7 @@ from pytest_kvm.guest import (
 )
 from pytest_kvm.guest.qemu import controller_id
 from pytest_kvm.guest.qmp import QmpEventTimeout
-from pytest_kvm.waiting import WaitTimeout, wait_until
+from pytest_kvm.waiting import WaitTimeout, first_within, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,13 @@ def test_a_wait_with_backoff_polls_less_and_less():
         wait_until(lambda: calls.append(1), 0.6, "nothing", step=0.01, max_step=0.1)
     # 0.01 + 0.02 + 0.04 + 0.08, then 0.1 s apart: about 10 calls (60 at a fixed 0.01 s)
     assert 5 <= len(calls) <= 12, len(calls)
+
+
+def test_a_wait_whose_timeout_is_an_answer_gives_none_and_logs_what_it_awaited(caplog):
+    caplog.set_level("INFO", logger="pytest_kvm.waiting")
+    assert first_within(lambda: 0, 0.1, "a late answer", step=0.05) is None
+    assert "a late answer: not within 0.1 s (last seen: 0)" in caplog.text
+    assert first_within(iter(["", "now"]).__next__, 5, "an answer", step=0) == "now"
 
 
 def test_run_dir_holds_sockets_logs_and_owner(booted, host):

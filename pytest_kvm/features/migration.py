@@ -26,7 +26,7 @@ from .. import remote
 from ..errors import KvmError
 from ..guest import Guest, GuestSpec
 from ..host import Host
-from ..waiting import WaitTimeout, wait_until
+from ..waiting import first_within, wait_until
 
 log = logging.getLogger("pytest_kvm.migration")
 
@@ -214,17 +214,14 @@ def migrate(source: Guest, destination: Guest, address: str, port: int, *,
     source.qmp.execute("migrate", uri=uri)
     if postcopy:
         result.postcopy_active_seen = _switch_to_postcopy(source, timeout)
-    last: dict = {"info": {}}
 
-    def ended() -> bool:
-        last["info"] = source.qmp.execute("query-migrate")
-        return last["info"].get("status") in ("completed", "failed", "cancelled")
+    def ended() -> dict | None:
+        info = source.qmp.execute("query-migrate")
+        return info if info.get("status") in ("completed", "failed", "cancelled") else None
 
-    try:
-        wait_until(ended, timeout, "the migration's end", step=0.2)
-    except WaitTimeout:
-        pass  # cancelled below, with what QEMU last said
-    info = last["info"]
+    # (not ended in time: cancelled below, with what QEMU says now)
+    info = (first_within(ended, timeout, "the migration's end", step=0.2)
+            or source.qmp.execute("query-migrate"))
     status = info.get("status", "unknown")
     if status != "completed":
         ram = info.get("ram", {})
@@ -261,34 +258,29 @@ def migrate(source: Guest, destination: Guest, address: str, port: int, *,
 def _switch_to_postcopy(source: Guest, timeout: float) -> bool:
     """Once POSTCOPY_AFTER bytes went in precopy, migrate-start-postcopy; True when the source
     then reports postcopy-active (a migration that ended first never was in postcopy)."""
-    status = {"now": ""}
-
-    def precopied() -> bool:
+    def precopied() -> str:  # the status once enough went in precopy, or the migration ended
         info = source.qmp.execute("query-migrate")
-        status["now"] = info.get("status", "")  # (setup, then active)
-        return status["now"] in ("completed", "failed", "cancelled") or (
-            status["now"] == "active"
-            and info.get("ram", {}).get("transferred", 0) >= POSTCOPY_AFTER)
+        status = info.get("status", "")  # (setup, then active)
+        enough = info.get("ram", {}).get("transferred", 0) >= POSTCOPY_AFTER
+        return status if status in ("completed", "failed", "cancelled") or (
+            status == "active" and enough) else ""
 
-    wait_until(precopied, timeout, f"{POSTCOPY_AFTER} bytes sent in precopy", step=0.1)
-    if status["now"] != "active":
+    if wait_until(precopied, timeout, f"{POSTCOPY_AFTER} bytes sent in precopy",
+                  step=0.1) != "active":
         return False
     source.qmp.execute("migrate-start-postcopy")
-    seen = {"postcopy": False}
 
-    def switched() -> bool:
-        status = source.qmp.execute("query-migrate").get("status")
-        seen["postcopy"] = seen["postcopy"] or status == "postcopy-active"
-        return status != "active"
+    def switched() -> str:  # the first status after active
+        status = source.qmp.execute("query-migrate").get("status", "")
+        return "" if status == "active" else status
 
-    wait_until(switched, timeout, "the switch to postcopy", step=0.05)
-    if not seen["postcopy"]:  # it may have passed quickly: QEMU's events kept it
-        try:
-            source.qmp.event("MIGRATION", timeout=1, status="postcopy-active")
-            seen["postcopy"] = True
-        except KvmError:
-            pass
-    return seen["postcopy"]
+    if wait_until(switched, timeout, "the switch to postcopy", step=0.05) == "postcopy-active":
+        return True
+    try:  # it may have passed quickly, to completed: QEMU's events kept it
+        source.qmp.event("MIGRATION", timeout=1, status="postcopy-active")
+        return True
+    except KvmError:
+        return False
 
 
 def wait_running(guest: Guest, timeout: float = 30.0) -> str:

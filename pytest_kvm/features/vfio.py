@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from .. import remote
 from ..host import Change, Host, HostChangeError
-from ..waiting import WaitTimeout, wait_until
+from ..waiting import first_within
 
 log = logging.getLogger("pytest_kvm.vfio")
 
@@ -109,13 +109,9 @@ def guest_pci_ids(guest) -> list[str]:
 def shows(guest, device_id: str, present: bool = True, timeout: float = 30) -> bool:
     """Whether the guest's PCI devices come to include (or no longer include) vendor:device
     ``device_id`` within ``timeout`` seconds."""
-    try:
-        wait_until(lambda: (device_id in guest_pci_ids(guest)) == present, timeout,
-                   f"{device_id} {'in' if present else 'gone from'} the guest's PCI devices",
-                   step=0.5)
-        return True
-    except WaitTimeout:
-        return False
+    return bool(first_within(
+        lambda: (device_id in guest_pci_ids(guest)) == present, timeout,
+        f"{device_id} {'in' if present else 'gone from'} the guest's PCI devices", step=0.5))
 
 
 def hot_add(guest, bdf: str, dev_id: str, bus: str) -> None:

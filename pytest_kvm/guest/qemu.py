@@ -17,7 +17,7 @@ import pexpect
 from .. import remote
 from ..errors import CommandTimeout, HostUnreachable, KvmError, TransportError
 from ..host import Host, Owner, controller_id, process_start  # noqa: F401
-from ..waiting import WaitTimeout, wait_until
+from ..waiting import WaitTimeout, first_within
 from .agent import Agent, AgentUnavailable
 from .cloudinit import console_login, nocloud_seed, quiet_console
 from .console import Console, ConsoleClosed, GuestCommandTimeout
@@ -213,11 +213,9 @@ class Guest:
                 self._ssh = None
                 return False
 
-        try:
-            wait_until(logged_in, max(0.0, deadline - time.monotonic()),
-                       "a login by SSH with the pinned key", step=2)
-        except WaitTimeout as exc:
-            log.info("%s/%s: %s", self.host.name, self.spec.name, exc)
+        if not first_within(logged_in, max(0.0, deadline - time.monotonic()),
+                            f"{self.host.name}/{self.spec.name}: a login by SSH with the "
+                            "pinned key", step=2):
             return False
         self.channel = "ssh"
         log.info("%s/%s: commands go through SSH", self.host.name, self.spec.name)
@@ -321,10 +319,7 @@ class Guest:
             raw = self.read_log("exit-status", 1).strip()
             return raw if raw.isdigit() else "running" if self.alive() else ""
 
-        try:
-            raw = wait_until(written, 2, "QEMU's exit status", step=0.2)
-        except WaitTimeout:
-            return ""
+        raw = first_within(written, 2, "QEMU's exit status", step=0.2) or ""
         if not raw.isdigit():
             return ""
         code = int(raw)
@@ -407,11 +402,9 @@ class Guest:
                 return "console"
             return ""
 
-        try:
-            channel = wait_until(answered, max(0.0, deadline - time.monotonic()),
-                                 "an answer from the guest agent", step=0.5)
-        except WaitTimeout:
-            channel = "console"
+        channel = first_within(answered, max(0.0, deadline - time.monotonic()),
+                               f"{self.host.name}/{self.spec.name}: an answer from the guest "
+                               "agent", step=0.5) or "console"
         if channel == "agent":
             self.channel = "agent"
             log.info("%s/%s: commands go through the guest agent", self.host.name,

@@ -134,7 +134,7 @@ def pytest_cmdline_main(config: pytest.Config):
             swept = sweep(host, session.owner.run_id)
             undone = replay_dead_journals(host, session.owner.run_id)
         except KvmError as exc:
-            print(f"{name}: UNREACHABLE: {exc}")
+            print(f"{name}: NOT CLEANED: {exc}")
             status = 1
             continue
         print(f"{name}: stopped {len(swept)} leftover guest(s)"
@@ -181,7 +181,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         try:
             return "  " + session.host(name).summary()
         except KvmError as exc:
-            return f"  {name}: UNREACHABLE: {exc}"
+            return f"  {name}: NOT USED: {exc}"
 
     with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
         lines = list(pool.map(line, names))

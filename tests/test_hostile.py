@@ -94,7 +94,7 @@ def test_a_work_dir_another_user_could_write_is_refused(rig, tmp_path, shared, h
 
     assert not os.path.exists(marker), "a planted journal ran"
     assert cleanup.returncode == 1
-    assert f"host1: UNREACHABLE: host1: work dir {workdir} is not safe: {culprit} belongs " \
+    assert f"host1: NOT CLEANED: host1: work dir {workdir} is not safe: {culprit} belongs " \
            "to uid 65534" in cleanup.stdout, cleanup.stdout
     assert run.returncode == 1 and "2 errors" in run.stdout, run.stdout
     assert f"work dir {workdir} is not safe" in run.stdout

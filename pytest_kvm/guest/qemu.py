@@ -319,7 +319,8 @@ class Guest:
             raw = self.read_log("exit-status", 1).strip()
             return raw if raw.isdigit() else "running" if self.alive() else ""
 
-        raw = first_within(written, 2, "QEMU's exit status", step=0.2) or ""
+        raw = first_within(written, 2, f"{self.host.name}/{self.spec.name}: QEMU's exit status",
+                           step=0.2) or ""
         if not raw.isdigit():
             return ""
         code = int(raw)

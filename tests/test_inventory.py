@@ -64,6 +64,9 @@ def test_child_group_vars_override_parent_group_vars():
     assert inv.hosts["h"].config.accel == "kvm"
 
 
+LAB = "[a]\nl0 ansible_connection=local\n"  # a parent for nested hosts
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [
@@ -102,6 +105,24 @@ def test_child_group_vars_override_parent_group_vars():
         ("[a]\nh1 kvm_accel='{{ x }}' x='{{ kvm_accel }}'\n", "refers to itself"),
         ("[g]\nh\n[ghost:vars]\nx=1\n", "hosts.ini:3: section [ghost:vars] is for group "
                                          "'ghost', which is not defined"),
+        (LAB + "h1 kvm_parent=l0 kvm_l1_link=k kvm_migration_address=10.1.0.1\n",
+         "hosts.ini:3: kvm_l1_link 'k' must join exactly two nested hosts of one parent; it "
+         "has h1"),
+        (LAB + "h1 kvm_parent=l0 kvm_l1_link=k\nh2 kvm_parent=l0 kvm_l1_link=k\n",
+         "hosts.ini:3: the hosts on kvm_l1_link 'k' need distinct IPv4 addresses in one /24"),
+        (LAB + "h1 kvm_parent=l0 kvm_l1_link=k kvm_migration_address=10.1.0.1\n"
+         "h2 kvm_parent=l0 kvm_l1_link=k kvm_migration_address=10.2.0.1\n",
+         "need distinct IPv4 addresses in one /24"),
+        (LAB + "h1 kvm_l1_link=k\n", "hosts.ini:3: kvm_l1_link on host 'h1', which is not a "
+                                        "nested host"),
+        ("[a]\nh1 kvm_l1_link=a/b\n", "hosts.ini:2: kvm_l1_link must be a short name of "
+                                      "letters"),
+        (LAB + "h1 kvm_parent=l0 kvm_l1_nfs_server=l0 kvm_shared_storage=/s\n",
+         "hosts.ini:3: kvm_l1_nfs_server 'l0' of host 'h1' must be a nested host on its "
+         "kvm_l1_link (none)"),
+        (LAB + "h1 kvm_parent=l0 kvm_l1_link=k kvm_migration_address=10.1.0.1 "
+         "kvm_l1_nfs_server=h1\nh2 kvm_parent=l0 kvm_l1_link=k kvm_migration_address=10.1.0.2\n",
+         "hosts.ini:3: host 'h1' has kvm_l1_nfs_server but no kvm_shared_storage"),
     ],
 )
 def test_bad_inventory_is_one_line_naming_file_and_line(text, expected):
@@ -256,3 +277,9 @@ def test_hosts_with_other_connections_are_left_out_with_a_warning():
            "use; it is left out" in inv.warnings
     assert any("ansible_connection=sssh (did you mean 'ssh'?)" in w for w in inv.warnings)
     assert "w1" not in inv.groups["a"] and "h1" in inv.groups["a"]
+
+
+def test_suites_none_makes_a_host_only_a_peer():
+    inv = parse("[a]\nl0 ansible_connection=local kvm_migration_peer=p\np kvm_suites=none\n")
+    assert inv.hosts["p"].config.suites == ()
+    assert inv.hosts["l0"].config.migration_peer == "p"

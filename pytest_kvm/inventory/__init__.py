@@ -162,5 +162,47 @@ def _check_hosts(hosts: dict[str, HostEntry]) -> None:
             raise err(entry, f"kvm_migration_peer {cfg.migration_peer!r} of host "
                              f"{entry.name!r} is not an inventory host; add it",
                       "migration_peer")
+        if cfg.l1_link is not None:
+            _check_link(entry, hosts, err)
+        if cfg.l1_nfs_server is not None:
+            server = hosts.get(cfg.l1_nfs_server)
+            if server is None or server.config.l1_link is None \
+                    or server.config.l1_link != cfg.l1_link:
+                raise err(entry, f"kvm_l1_nfs_server {cfg.l1_nfs_server!r} of host "
+                                 f"{entry.name!r} must be a nested host on its kvm_l1_link "
+                                 f"({cfg.l1_link or 'none'})", "l1_nfs_server")
+            if server.config.l1_nfs_server not in (None, server.name):
+                raise err(entry, f"kvm_l1_nfs_server {server.name!r} of host {entry.name!r} "
+                                 "mounts from another host itself; name the host that "
+                                 "serves", "l1_nfs_server")
+            if cfg.shared_storage is None:
+                raise err(entry, f"host {entry.name!r} has kvm_l1_nfs_server but no "
+                                 "kvm_shared_storage (where to mount it); add it",
+                          "l1_nfs_server")
         if cfg.proxy_jump and cfg.proxy_jump == entry.name:
             raise err(entry, f"host {entry.name!r} jumps through itself", "proxy_jump")
+
+
+def _check_link(entry: HostEntry, hosts: dict[str, HostEntry], err) -> None:
+    """A link joins exactly two nested hosts of one parent, each with an IP address in one
+    /24 (kvm_migration_address)."""
+    import ipaddress
+
+    cfg = entry.config
+    ends = [h for h in hosts.values() if h.config.l1_link == cfg.l1_link]
+    if cfg.parent is None:
+        raise err(entry, f"kvm_l1_link on host {entry.name!r}, which is not a nested host "
+                         "(no kvm_parent)", "l1_link")
+    if len(ends) != 2 or ends[0].config.parent != ends[1].config.parent:
+        raise err(entry, f"kvm_l1_link {cfg.l1_link!r} must join exactly two nested hosts of "
+                         f"one parent; it has {', '.join(h.name for h in ends)}", "l1_link")
+    try:
+        nets = {ipaddress.ip_interface(f"{h.config.migration_address}/24").network
+                for h in ends}
+        if len(nets) != 1 or nets.pop().version != 4 or ends[0].config.migration_address == \
+                ends[1].config.migration_address:
+            raise ValueError
+    except ValueError:
+        raise err(entry, f"the hosts on kvm_l1_link {cfg.l1_link!r} need distinct IPv4 "
+                         "addresses in one /24 as kvm_migration_address (e.g. 10.77.0.1 and "
+                         "10.77.0.2)", "l1_link") from None

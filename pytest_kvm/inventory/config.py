@@ -131,6 +131,14 @@ def _address(value: Any) -> str:
     raise ValueError(f"must be an IP address or a DNS name, got {value!r}")
 
 
+def _link_name(value: Any) -> str:
+    """A nested hosts' link name (it names files on the parent)."""
+    value = _text(value)
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", value):
+        raise ValueError(f"must be a short name of letters, digits, _ and -, got {value!r}")
+    return value
+
+
 def _seconds(value: Any) -> float:
     try:
         number = float(value)
@@ -187,6 +195,8 @@ def _devices(value: Any) -> tuple[str, ...]:
 
 def _suites(value: Any) -> tuple[str, ...]:
     items = tuple(_items(value))
+    if items == ("none",):  # a host only other hosts use (a migration peer, an NFS server)
+        return ()
     for item in items:
         if item not in SUITES:
             raise ValueError(f"names unknown suite {item!r}; known: {', '.join(SUITES)}")
@@ -278,10 +288,17 @@ KEYS: dict[str, Key] = {
                           "igb,e1000e)"),
     "kvm_l1_iommu": Key("l1_iommu", _bool, "nested host: an intel-iommu (default: yes when it "
                         "has devices)"),
+    "kvm_l1_link": Key("l1_link", _link_name, "nested host: a private link (a second NIC) to "
+                       "the one other nested host of the same parent with this link name; its "
+                       "address is kvm_migration_address/24"),
+    "kvm_l1_nfs_server": Key("l1_nfs_server", _text, "nested host: mount kvm_shared_storage "
+                             "over NFS (v4.2) from this nested host on the same link (itself "
+                             "too), which exports a directory with the kernel's NFS server"),
     "kvm_reruns": Key("reruns", _whole(0), "rerun a check up to N times when a guest on this "
                       "host died or hung (an emulated lab's unreliable nested virtualization; "
                       "default 0)"),
-    "kvm_suites": Key("suites", _suites, "the suites this host takes part in (default: all)"),
+    "kvm_suites": Key("suites", _suites, "the suites this host takes part in (default: all; "
+                      "none: only as another host's migration peer)"),
     "kvm_migration_peer": Key("migration_peer", _text, "inventory host this host migrates "
                               "guests to (default: itself, two QEMU processes)"),
     "kvm_migration_address": Key("migration_address", _address, "address peers send migration "
@@ -352,6 +369,8 @@ class HostConfig:
     l1_smp: int | None = None
     l1_devices: tuple[str, ...] = ()
     l1_iommu: bool | None = None
+    l1_link: str | None = None
+    l1_nfs_server: str | None = None
     reruns: int = 0
     suites: tuple[str, ...] = SUITES
     migration_peer: str | None = None

@@ -32,7 +32,7 @@ from .guest import (
     sweep,
 )
 from .guest.cloudinit import ed25519_keypair
-from .guest.qemu import safe_name
+from .guest.qemu import RUN_DIR, safe_name
 from .host import Host, Journal, Leases, replay_dead_journals
 from .inventory import HostConfig, HostEntry, Inventory
 from .transport import Transport, for_entry
@@ -61,6 +61,7 @@ class KvmSession:
         self._seq = itertools.count(1)
         self._lock = threading.RLock()
         self._l1_guests: list[Guest] = []
+        self._link_dirs: list[tuple[Host, str]] = []
         self._keydir: str | None = None
         self._closed = False
         self.leases = Leases(owner.run_id)
@@ -95,10 +96,23 @@ class KvmSession:
             return Host(entry, for_entry(entry, self.inventory, self._transports))
         # A nested host: boot it as a guest on its parent, then use it over SSH.
         parent = self.host(parent_name)
-        host, l1 = nesting.provision(parent, entry, nesting.L1Options.from_entry(entry),
+        link = None
+        if entry.config.l1_link:
+            ends = [n for n, e in self.inventory.hosts.items()
+                    if e.config.l1_link == entry.config.l1_link]
+            rundir = (f"{parent.workdir}/{RUN_DIR}/{self.owner.run_id}-{self.worker}-link-"
+                      f"{entry.config.l1_link}")
+            link = nesting.make_link(parent, entry, ends, rundir, self.owner.line() + "\n")
+            self._link_dirs.append((parent, rundir))
+        host, l1 = nesting.provision(parent, entry, nesting.L1Options.from_entry(entry, link),
                                      self.keydir,
                                      lambda p, spec: self.start_guest(p, spec, entry.name))
         self._l1_guests.append(l1)
+        server_name = entry.config.l1_nfs_server
+        if server_name:  # the server first (booted now if it is another host)
+            server = host if server_name == entry.name else self.host(server_name)
+            nesting.export_nfs(server)
+            nesting.mount_nfs(host, server)
         return host
 
     def nested_host(self, parent: Host, name: str, opts: nesting.L1Options) -> Host:
@@ -146,6 +160,8 @@ class KvmSession:
                 guest.stop()
             except KvmError:
                 pass  # swept by the next run
+        for parent, rundir in self._link_dirs:
+            parent.run(["rm", "-rf", rundir], check=False, timeout=30)
         for transport in self._transports.values():
             transport.close()
         if self._keydir:

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 APT_PKGS=(openssh-server openssh-client busybox-static iproute2 socat pciutils kmod
           cpio zstd xz-utils e2fsprogs debootstrap sudo shellcheck
-          ovmf grub-efi-amd64-bin mtools dosfstools)
+          ovmf grub-efi-amd64-bin mtools dosfstools
+          nfs-kernel-server)  # the lab's NFS userland (the L1s run it; L0 has no nfsd)
 BPO_PKGS=(qemu-system-x86 qemu-utils)
 # --with-report: what rendering and checking the Allure report needs (make test, make report)
 if [ "${1:-}" = --with-report ]; then
@@ -56,6 +57,12 @@ if [ ${#missing[@]} -gt 0 ]; then
       "$uri" > "$BPO_FILE"
   fi
   export DEBIAN_FRONTEND=noninteractive
+  # Packages with services (nfs-kernel-server) must not start them here: only the nested
+  # hosts serve NFS. A policy-rc.d says so for this install, unless the machine has one.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${APT_PKGS[@]}"
   apt-get install -y -q --no-install-recommends -t bookworm-backports "${BPO_PKGS[@]}"

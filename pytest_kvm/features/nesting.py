@@ -11,7 +11,9 @@ console and pinned.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import os
 import random
 import re
@@ -23,15 +25,33 @@ from .. import remote
 from ..errors import KvmError
 from ..guest import Guest, GuestError, GuestSpec
 from ..guest.cloudinit import ed25519_keypair
+from ..guest.spec import qopt
 from ..host import Host
 from ..inventory import HostEntry
 
 MGMT_MAC = "52:54:00:fa:ce:01"
+NFS_EXPORT = "/srv/pytest-kvm-nfs"  # on the NFS server L1: a tmpfs, exported to its link
+log = logging.getLogger("pytest_kvm.nesting")
 HOSTKEY_RE = re.compile(r"PKVM-HOSTKEY (ssh-ed25519 [A-Za-z0-9+/=]+) PKVM-END")
 
 
 class NestedHostError(KvmError):
     pass
+
+
+@dataclass(frozen=True)
+class Link:
+    """A private link between two nested hosts of one parent: a NIC in each, joined by a pair
+    of datagram sockets on the parent (QEMU ``-netdev dgram``), no bridge and no root."""
+
+    local: str  # this L1's socket on the parent
+    remote: str  # the peer's
+    address: str  # this L1's IPv4 address on the link (/24)
+
+    @property
+    def mac(self) -> str:
+        a, b = self.address.split(".")[2:]
+        return f"52:54:00:fb:{int(a):02x}:{int(b):02x}"
 
 
 @dataclass(frozen=True)
@@ -41,12 +61,13 @@ class L1Options:
     smp: int | None = None  # default: default_smp()
     devices: tuple[str, ...] = ()  # emulated PCI devices: igb, e1000e, "nvme,serial=x", ...
     iommu: bool | None = None  # default: on when devices are given
+    link: Link | None = None
 
     @classmethod
-    def from_entry(cls, entry: HostEntry) -> L1Options:
+    def from_entry(cls, entry: HostEntry, link: Link | None = None) -> L1Options:
         cfg = entry.config
         return cls(cpu=cfg.l1_cpu, memory=cfg.l1_memory, smp=cfg.l1_smp, devices=cfg.l1_devices,
-                   iommu=cfg.l1_iommu)
+                   iommu=cfg.l1_iommu, link=link)
 
 
 def default_smp(parent: Host) -> int:
@@ -97,6 +118,12 @@ def l1_spec(name: str, parent: Host, opts: L1Options, pubkey: str, port: int) ->
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
                    "multidevs=remap",
     ]
+    if opts.link:
+        link = opts.link
+        args += ["-netdev", f"dgram,id=link,local.type=unix,local.path={qopt(link.local)},"
+                            f"remote.type=unix,remote.path={qopt(link.remote)}",
+                 "-device", f"virtio-net-pci,netdev=link,mac={link.mac}"]
+        append += [f"pkvm.linkmac={link.mac}", f"pkvm.linkaddr={link.address}/24"]
     for i, device in enumerate(opts.devices, 1):
         model = device.split(",", 1)[0]
         args += ["-device", f"pcie-root-port,id=rp{i},chassis={i},slot={i}"]
@@ -145,6 +172,41 @@ def provision(parent: Host, entry: HostEntry, opts: L1Options, keydir: str,
         raise
 
 
+def make_link(parent: Host, entry: HostEntry, ends: list[str], rundir: str,
+              owner_line: str) -> Link:
+    """The entry's end of its kvm_l1_link: the pair of sockets lives in a run dir on the
+    parent (with an owner file, so a dead run's is swept like its guests' dirs)."""
+    parent.run(["mkdir", "-p", rundir], timeout=30)
+    parent.run(remote.argv("write", owner_line, f"{rundir}/owner"), timeout=30)
+    me = sorted(ends).index(entry.name)
+    log.info("%s: link %s to %s in %s", entry.name, entry.config.l1_link,
+             sorted(ends)[1 - me], rundir)
+    return Link(f"{rundir}/{me}.sock", f"{rundir}/{1 - me}.sock",
+                entry.config.migration_address or "")
+
+
+def export_nfs(server: Host) -> str:
+    """Serve NFS_EXPORT (a tmpfs) over NFSv4.2 from the server's kernel to its link's /24;
+    once per L1 (a second call finds it served). Returns the export's path."""
+    network = ipaddress.ip_interface(f"{server.entry.config.migration_address}/24").network
+    log.info("%s: exporting %s over NFS to %s", server.name, NFS_EXPORT, network)
+    r = server.run(remote.argv("nfs-export", NFS_EXPORT, str(network)), check=False,
+                   timeout=120)
+    if not r.ok:
+        raise NestedHostError(f"{server.name}: the NFS server did not start: "
+                              f"{(r.stdout + r.stderr).strip()[-800:]}")
+    return NFS_EXPORT
+
+
+def mount_nfs(host: Host, server: Host) -> None:
+    """Mount the server's export at the host's kvm_shared_storage (over the link)."""
+    source = f"{server.entry.config.migration_address}:/"  # (the export is the NFSv4 root)
+    path = host.entry.config.shared_storage
+    log.info("%s: mounting %s at %s", host.name, source, path)
+    r = host.run(remote.argv("nfs-mount", source, path), check=False, timeout=120)
+    if not r.ok:
+        raise NestedHostError(f"{host.name}: cannot mount {source} at {path}: "
+                              f"{(r.stdout + r.stderr).strip()[-800:]}")
 
 
 def nesting_problem(host: Host) -> str | None:

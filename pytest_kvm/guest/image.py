@@ -41,6 +41,7 @@ MODULES = (
     # stacked network devices (a nested host's management NIC under a bridge, bond or VLAN)
     "bonding", "8021q", "bridge", "macvlan",
     "tun",  # a nested host's guests with tap NICs (multiqueue virtio-net)
+    "nfsd", "nfsv4",  # the two-host lab's shared storage (NFS between nested hosts)
 )
 
 INIT = r"""#!/bin/busybox sh
@@ -109,6 +110,12 @@ mount --rbind /dev $R/dev; mount -t proc proc $R/proc; mount -t sysfs sysfs $R/s
 mac=$(arg mac)
 for i in /sys/class/net/*; do [ "$(cat $i/address)" = "$mac" ] && dev=${i##*/}; done
 ip link set "$dev" up && ip addr add 10.0.2.15/24 dev "$dev" && ip route add default via 10.0.2.2
+# A private link to another nested host (kvm_l1_link): the NIC with the link's MAC.
+lmac=$(arg linkmac)
+if [ -n "$lmac" ]; then
+  for i in /sys/class/net/*; do [ "$(cat $i/address)" = "$lmac" ] && ldev=${i##*/}; done
+  ip link set "$ldev" up && ip addr add "$(arg linkaddr)" dev "$ldev"
+fi
 mkdir -p $R/run/sshd $R/run/pkvm
 arg authkey | tr ':' ' ' > $R/run/pkvm/authorized_keys
 chroot $R ssh-keygen -q -t ed25519 -N '' -f /run/pkvm/host_key

@@ -345,7 +345,8 @@ def shared_storage_works(src: Host, dst: Host, path: str) -> str | None:
     except KvmError as exc:
         return f"{src.name}: cannot write to {path}: {exc}"
     finally:
-        src.run(["rm", "-f", probe], check=False, timeout=30)
+        with contextlib.suppress(KvmError):  # (storage that went away: said above)
+            src.run(["rm", "-f", probe], check=False, timeout=30)
     if seen != token:
         return f"{dst.name} does not see what {src.name} wrote to {path}: not shared storage"
     return None
@@ -555,9 +556,17 @@ class Run:
                  dst.name, self.storage)
         try:
             self._run()
-        except BaseException:
+        except KvmError as exc:
             self._release()  # (its guests stay for the failure's diagnostics; the factory
-            raise            # stops them)
+            # stops them)
+            problem = shared_storage_works(src, dst, shared_dir) if shared_dir else None
+            if problem:  # the likelier cause, said first
+                raise MigrationError(f"the shared storage failed: {problem}; then: {exc}") \
+                    from exc
+            raise
+        except BaseException:
+            self._release()
+            raise
 
     def _run(self) -> None:
         src, dst, variant = self.src, self.dst, self.variant
@@ -622,5 +631,8 @@ class Run:
 
     def _release(self) -> None:
         self.watch.close()
-        for host, path in self.cleanup:
-            host.run(["rm", "-f", path], check=False)
+        for host, path in self.cleanup:  # (storage that went away must not hide the error)
+            try:
+                host.run(["rm", "-f", path], check=False, timeout=60)
+            except KvmError as exc:
+                log.warning("%s: could not remove %s: %s", host.name, path, exc)

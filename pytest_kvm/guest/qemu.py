@@ -435,7 +435,7 @@ class Guest:
         self._console = self._qmp = self._agent = self._ssh = None
         log.info("%s/%s: stopping QEMU (pid %s)", self.host.name, self.spec.name, self.pid)
         r = self.host.run(remote.argv("qemu-stop", self.rundir, str(first),
-                           "keep-dir" if keep_dir else ""), check=False, timeout=60)
+                           "keep-dir" if keep_dir else ""), check=False, timeout=120)
         self.state = GuestState.STOPPED
         if not r.ok:
             raise GuestError(f"{self.host.name}/{self.spec.name}: could not stop QEMU: "

@@ -6,7 +6,8 @@ image. Its CPU exposes the virtualization extension (svm and npt under TCG), it 
 IOMMU (intel-iommu) and emulated PCI devices each behind its own PCIe root port (device i is
 at 0000:0<i>:00.0 in the L1). Its sshd is forwarded to a port on the parent's loopback and
 reached through the parent's transport; its host key, made at boot, is read from its serial
-console and pinned.
+console and pinned. Two nested hosts of one parent can share a private link (a second NIC in
+each, joined by datagram sockets on the parent), and one can serve NFS to both over it.
 """
 
 from __future__ import annotations

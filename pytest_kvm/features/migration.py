@@ -556,16 +556,14 @@ class Run:
                  dst.name, self.storage)
         try:
             self._run()
-        except KvmError as exc:
+        except BaseException as exc:
             self._release()  # (its guests stay for the failure's diagnostics; the factory
             # stops them)
-            problem = shared_storage_works(src, dst, shared_dir) if shared_dir else None
-            if problem:  # the likelier cause, said first
-                raise MigrationError(f"the shared storage failed: {problem}; then: {exc}") \
-                    from exc
-            raise
-        except BaseException:
-            self._release()
+            if isinstance(exc, KvmError) and shared_dir:
+                problem = shared_storage_works(src, dst, shared_dir)
+                if problem:  # the likelier cause, said first
+                    raise MigrationError(f"the shared storage failed: {problem}; then: "
+                                         f"{exc}") from exc
             raise
 
     def _run(self) -> None:

@@ -14,6 +14,7 @@ Every error is an :class:`~pytest_kvm.errors.InventoryError` whose text is one l
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,8 +187,6 @@ def _check_hosts(hosts: dict[str, HostEntry]) -> None:
 def _check_link(entry: HostEntry, hosts: dict[str, HostEntry], err) -> None:
     """A link joins exactly two nested hosts of one parent, each with an IP address in one
     /24 (kvm_migration_address)."""
-    import ipaddress
-
     cfg = entry.config
     ends = [h for h in hosts.values() if h.config.l1_link == cfg.l1_link]
     if cfg.parent is None:

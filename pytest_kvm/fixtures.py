@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import secrets
 import shlex
 import shutil
@@ -37,6 +38,9 @@ from .host import Host, Journal, Leases, replay_dead_journals
 from .inventory import HostConfig, HostEntry, Inventory
 from .transport import Transport, for_entry
 
+log = logging.getLogger(__name__)
+BOOT_JOIN_TIMEOUT = 900  # s: a nested host's boot is bounded by its own timeouts, well below
+
 NO_INVENTORY = "no inventory given: pass --hosts hosts.ini (or set KVM_HOSTS)"
 
 
@@ -59,7 +63,9 @@ class KvmSession:
         self._broken: dict[str, KvmError] = {}
         self._images: dict[tuple, MicroImage] = {}
         self._seq = itertools.count(1)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the session's tables, images and key dir
+        self._host_locks: dict[str, threading.RLock] = {}  # one per host: boots overlap
+        self._background: threading.Thread | None = None
         self._l1_guests: list[Guest] = []
         self._link_dirs: list[tuple[Host, str]] = []
         self._keydir: str | None = None
@@ -71,8 +77,12 @@ class KvmSession:
         """The Host, connected and with its facts probed; KvmError when it cannot be reached.
 
         A host that failed once fails fast for the rest of the session (no repeated timeouts).
+        Each host has its own lock: a nested host booting (in the background, or for another
+        thread) holds up only the checks that need it.
         """
         with self._lock:
+            lock = self._host_locks.setdefault(name, threading.RLock())
+        with lock:
             if name in self._broken:  # the same error again (its type tells what happened)
                 raise self._broken[name].with_traceback(None)
             try:
@@ -89,6 +99,32 @@ class KvmSession:
                 self._broken[name] = exc
                 raise
         return host
+
+    def boot_in_background(self, names: list[str]) -> None:
+        """Connect (and so boot, if nested) these hosts one after another in a thread, while
+        the checks run; a check that needs one waits for it, and a host that failed to boot
+        fails the checks that need it with the boot's error. close() waits for the thread."""
+        log.info("booting in the background: %s", ", ".join(names))
+
+        def boot() -> None:
+            for name in names:
+                if self._closed:
+                    return
+                try:
+                    self.host(name)
+                except KvmError as exc:  # kept in _broken: its checks fail with it
+                    log.warning("%s: the background boot failed: %s", name, exc)
+
+        self._background = threading.Thread(target=boot, name="kvm-boot", daemon=True)
+        self._background.start()
+
+    def connected(self) -> list[tuple[str, str]]:
+        """(name, summary) of the hosts used so far; "NOT USED" and why for those that
+        failed."""
+        with self._lock:
+            return [*((n, f"{n}: NOT USED: {e}") for n, e in self._broken.items()),
+                    *((n, h.summary()) for n, h in self._hosts.items()
+                      if n not in self._broken)]
 
     def _connect(self, entry) -> Host:
         parent_name = entry.config.parent
@@ -129,9 +165,10 @@ class KvmSession:
 
     @property
     def keydir(self) -> str:
-        if self._keydir is None:
-            self._keydir = tempfile.mkdtemp(prefix="pytest-kvm-keys-")
-        return self._keydir
+        with self._lock:
+            if self._keydir is None:
+                self._keydir = tempfile.mkdtemp(prefix="pytest-kvm-keys-")
+            return self._keydir
 
     def image_for(self, host: Host) -> MicroImage:
         key = (host.entry.config.guest_kernel, host.entry.config.guest_modules)
@@ -152,7 +189,12 @@ class KvmSession:
         """Stop the nested hosts (innermost first) and close every connection (once)."""
         if self._closed:
             return
-        self._closed = True
+        self._closed = True  # (a background boot stops after the host it is booting)
+        if self._background is not None:
+            self._background.join(BOOT_JOIN_TIMEOUT)
+            if self._background.is_alive():
+                log.warning("the background boot did not end within %d s; stopping what "
+                            "is up", BOOT_JOIN_TIMEOUT)
         for host in self._hosts.values():
             host.transport.close()
         for guest in reversed(self._l1_guests):

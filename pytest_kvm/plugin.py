@@ -171,13 +171,14 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         return [f"kvm inventory: {session.inventory.path} ({len(session.inventory)} hosts, "
                 f"not connected: {listing})"]
     names = list(session.inventory.hosts)
-
     parallel = bool(getattr(config.option, "numprocesses", None))
 
     def line(name: str) -> str:
         entry = session.inventory.hosts[name]
-        if parallel and entry.config.parent:  # each worker boots its own
-            return f"  {name}: nested host on {entry.config.parent} (booted by each worker)"
+        if entry.config.parent:  # booted when the run knows its checks (see below)
+            return (f"  {name}: nested host on {entry.config.parent} ("
+                    + ("booted by each worker" if parallel else
+                       "booted in the background if a check needs it") + ")")
         try:
             return "  " + session.host(name).summary()
         except KvmError as exc:
@@ -186,6 +187,24 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
         lines = list(pool.map(line, names))
     return [f"kvm inventory: {session.inventory.path} ({len(names)} hosts)", *lines]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The nested hosts the selected checks need start booting now, in the background, so
+    their boots overlap the checks of the hosts that are up (one pytest process only: each
+    xdist worker boots its own when it first needs it)."""
+    kvm = session.config.stash.get(SESSION_KEY, None)
+    if (kvm is None or _touches_no_host(session.config) or hasattr(session.config, "workerinput")
+            or getattr(session.config.option, "numprocesses", None)):
+        return
+    used = set()
+    for item in session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        used.update(n for n in (params.get("kvm_host"), *(params.get("kvm_pair") or ()))
+                    if n is not None)
+    nested = [n for n, e in kvm.inventory.hosts.items() if e.config.parent and n in used]
+    if nested:
+        kvm.boot_in_background(nested)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -376,7 +395,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_terminal_summary(terminalreporter) -> None:
     kvm = terminalreporter.config.stash.get(SESSION_KEY, None)
-    if kvm is not None and kvm.channels:  # (under xdist each worker has its own)
+    if kvm is not None:  # (under xdist each worker has its own)
+        nested = [(name, line) for name, line in kvm.connected()
+                  if kvm.inventory.hosts[name].config.parent]
+        if nested:  # (booted after the header)
+            terminalreporter.write_sep("-", "kvm nested hosts")
+            for _, line in sorted(nested):
+                terminalreporter.write_line(line)
+    if kvm is not None and kvm.channels:
         terminalreporter.write_sep("-", "kvm guests: how their commands went")
         for guest, channel in sorted(kvm.channels.items()):
             terminalreporter.write_line(f"{guest}: {channel}")

@@ -233,3 +233,49 @@ def test_a_pf_whose_vfs_are_in_use_is_not_reset(lab1):
     finally:
         lab1.run(["sh", "-c", f"echo 0 > {pf}/sriov_numvfs"], timeout=120)
     assert sriov.vfs(lab1, PF) == []
+
+
+OVERLAP_L0 = textwrap.dedent('''
+    import time
+    import pytest
+
+    pytestmark = pytest.mark.kvm_suite("nested")
+
+    def test_lab1_boots_while_an_l0_check_runs(kvm_host, kvm_session):
+        assert kvm_host.name == "localhost"
+        up = lambda: any(name == "lab1" for name, _ in kvm_session.connected())
+        assert not up()  # still booting: nobody waited for it
+        deadline = time.monotonic() + 300
+        while not up() and time.monotonic() < deadline:  # nobody asks for it here
+            time.sleep(1)
+        assert up()
+''')
+OVERLAP_L1 = textwrap.dedent('''
+    import pytest
+
+    pytestmark = pytest.mark.kvm_suite("virtio")
+
+    def test_lab1_is_used(kvm_host):
+        assert kvm_host.name == "lab1"
+        assert kvm_host.facts.hardware_kvm
+''')
+
+
+def test_nested_hosts_boot_in_the_background_while_checks_run(tmp_path):
+    """The header does not wait for a nested host: it boots in the background while the L0
+    checks run, and the end of the run lists it."""
+    (tmp_path / "test_a.py").write_text(OVERLAP_L0)
+    (tmp_path / "test_b.py").write_text(OVERLAP_L1)
+    (tmp_path / "hosts.ini").write_text(
+        "[l0]\nlocalhost ansible_connection=local kvm_suites=nested\n"
+        "[lab]\nlab1 kvm_parent=localhost kvm_suites=virtio\n")
+    r = pytest_run(["--hosts", "hosts.ini", "-p", "no:randomly", "-v",
+                    "--log-cli-level=INFO"], tmp_path, timeout=600)
+    out = r.stdout
+    assert r.returncode == 0, out[-3000:]
+    assert "lab1: nested host on localhost (booted in the background if a check needs it)" \
+        in out, out[:3000]
+    assert out.index("booting in the background: lab1") < out.index(
+        "test_a.py::test_lab1_boots_while_an_l0_check_runs"), out[:3000]
+    summary = out[out.index("kvm nested hosts"):]
+    assert "lab1: kernel " in summary, summary

@@ -62,25 +62,25 @@ def test_destination_is_running(migrated):
 
 
 def test_workload_has_the_same_pid(migrated):
-    pids = {pid for _, pid, _ in mig.counter_log(migrated.guest)}
+    pids = {pid for _, pid, _ in migrated.counter_log()}
     assert pids == {migrated.pid}
     assert migrated.guest.run(f"kill -0 {migrated.pid}", check=False)[0] == 0
 
 
 def test_counter_never_reset_or_repeated(migrated):
-    counts = [n for n, _, _ in mig.counter_log(migrated.guest)]
+    counts = [n for n, _, _ in migrated.counter_log()]
     assert counts == list(range(1, len(counts) + 1))
     assert len(counts) > 5 * len(migrated.hops)
 
 
 def test_counter_keeps_going_on_the_destination(migrated):
-    before = mig.counter_log(migrated.guest)[-1][0]
+    before = migrated.counter_log()[-1][0]
     migrated.guest.sh("sleep 1")
-    assert mig.counter_log(migrated.guest)[-1][0] > before
+    assert migrated.counter_log()[-1][0] > before
 
 
 def test_uptime_never_went_back(migrated):
-    uptimes = [u for _, _, u in mig.counter_log(migrated.guest)]
+    uptimes = [u for _, _, u in migrated.counter_log()]
     assert uptimes == sorted(uptimes)
 
 

@@ -140,3 +140,23 @@ def test_a_source_without_tls_cannot_migrate_to_a_tls_destination(session, hosts
         for g in (src, dst):
             g.stop()
         tls.close()
+
+
+def test_the_counter_log_reads_on_from_a_line_and_still_shows_a_reset(session, hosts):
+    """The suite reads the counter's log incrementally (only new lines over the console):
+    a read from line k on is the whole log's tail, and a counter that started again (count
+    1, another PID) after the lines already read is in the next read."""
+    guest = session.start_guest(hosts[0], SPEC, "mig-log")
+    try:
+        pid = mig.start_counter(guest)
+        wait_until(lambda: len(mig.counter_log(guest)) >= 5, 30, "5 counter lines", step=0.2)
+        guest.sh(f"kill {pid}")
+        full = mig.counter_log(guest)
+        assert [n for n, _, _ in full] == list(range(1, len(full) + 1))
+        assert mig.counter_log(guest, after=3) == full[3:]
+        assert mig.counter_log(guest, after=len(full)) == []
+        guest.sh(f"echo 'PKVM-COUNT 1 4242 9.5' >> {mig.COUNTER_LOG}; "
+                 f"printf 'PKVM-COUNT 2 4242 9' >> {mig.COUNTER_LOG}")  # still being written
+        assert mig.counter_log(guest, after=len(full)) == [(1, 4242, 9.5)]
+    finally:
+        guest.stop()

@@ -30,8 +30,9 @@ from ..waiting import first_within, wait_until
 
 log = logging.getLogger("pytest_kvm.migration")
 
+COUNTER_LOG = "/tmp/counter.log"
 COUNTER = ("sh -c 'i=0; while true; do i=$((i+1)); "
-           "echo \"PKVM-COUNT $i $$ $(cut -d\" \" -f1 /proc/uptime)\" | tee -a /tmp/counter.log; "
+           "echo \"PKVM-COUNT $i $$ $(cut -d\" \" -f1 /proc/uptime)\" | tee -a " + COUNTER_LOG + "; "
            "sleep 0.2; done' > /dev/hvc0 2>/dev/null &")
 LINE_RE = re.compile(r"PKVM-COUNT (\d+) (\d+) ([\d.]+)")
 # In the background with its output elsewhere: a job that kept the command's output open would
@@ -141,15 +142,18 @@ class Migration:
 
 def start_counter(guest: Guest) -> int:
     """Start the workload; returns its PID in the guest."""
-    guest.sh("rm -f /tmp/counter.log; " + COUNTER)
-    line = wait_until(lambda: LINE_RE.search(guest.sh("tail -n1 /tmp/counter.log 2>/dev/null; "
+    guest.sh(f"rm -f {COUNTER_LOG}; " + COUNTER)
+    line = wait_until(lambda: LINE_RE.search(guest.sh(f"tail -n1 {COUNTER_LOG} 2>/dev/null; "
                                                       "true")),
                       20, f"{guest!r}: the counter workload's first line", step=0.2)
     return int(line.group(2))
 
 
-def counter_log(guest: Guest) -> list[tuple[int, int, float]]:
-    out = guest.sh("cat /tmp/counter.log", timeout=60)
+def counter_log(guest: Guest, after: int = 0) -> list[tuple[int, int, float]]:
+    """The counter's log in the guest as (count, pid, uptime), from line ``after + 1`` on;
+    complete lines only (a line being written is left for the next read)."""
+    out = guest.sh(f"head -n $(($(wc -l < {COUNTER_LOG}))) {COUNTER_LOG} | "
+                   f"tail -n +{after + 1}", timeout=60)
     return [(int(m.group(1)), int(m.group(2)), float(m.group(3)))
             for m in LINE_RE.finditer(out)]
 
@@ -544,6 +548,8 @@ class Run:
         self.sources: list[Guest] = []
         self.source_status = ""
         self.cleanup: list[tuple[Host, str]] = []
+        self._log: list[tuple[int, int, float]] = []  # counter_log(): what was read so far
+        self._log_of: Guest | None = None
         self.storage = "copy" if variant == "copy-storage" or (
             variant != "shared-storage" and shared_dir is None) else "shared"
         if self.storage == "shared":  # its first disk there (made by the source's start;
@@ -609,6 +615,15 @@ class Run:
         self.watch.close()
         self.watches.append(watch)
         self.watch = watch
+
+    def counter_log(self) -> list[tuple[int, int, float]]:
+        """The counter's log in the guest now, as (count, pid, uptime). Read incrementally:
+        only lines new since the last call travel over the guest's console (a nested guest
+        under a dirtying load prints a few KB/s, and the whole log grows by the minute)."""
+        if self._log_of is not self.guest:
+            self._log, self._log_of = [], self.guest
+        self._log += counter_log(self.guest, after=len(self._log))
+        return list(self._log)
 
     def counter_samples(self) -> list[tuple[float, int, str]]:
         """The guest's counter across the hops as (arrival, count, QEMU process) — a line

@@ -1,5 +1,6 @@
 """lab_suite_wall: wall time of `pytest suites/ --hosts hosts.ini` on the default lab, against
-one bare micro-guest boot on L0 in the same run; beside it the per-test framework overhead
+one bare micro-guest boot on L0 in the same run (the run's output: reports/bench-lab.log);
+beside it the per-test framework overhead
 (the median of a test's setup plus teardown: most tests reuse a booted guest, so this is the
 plugin's own cost per check)."""
 
@@ -33,6 +34,8 @@ def run() -> list[dict]:
                             "-q", "-p", "no:cacheprovider", "-p", "durations_plugin"],
                            cwd=ROOT, capture_output=True, text=True, timeout=3600, env=env)
         wall = time.perf_counter() - start
+        (ROOT / "reports").mkdir(exist_ok=True)
+        (ROOT / "reports" / "bench-lab.log").write_text(r.stdout + r.stderr)  # the whole run
         if r.returncode != 0:
             raise RuntimeError("the lab suites failed:\n" + r.stdout[-3000:])
         phases = json.load(open(out))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from .. import remote
 from ..guest import Guest
 from ..guest.spec import HOTPLUG_PORTS, SERIAL_PORT, SERIAL_SOCKET, Nic
-from ..waiting import wait_until
+from ..waiting import first_within, wait_until
 
 log = logging.getLogger("pytest_kvm.virtio")
 
@@ -160,6 +160,11 @@ def net_exchange(guest: Guest, mac: str, netdev: str, net: str, size: int = 2 * 
     addr = str(ipaddress.ip_network(net)[15])
     guest.sh(f"ip link set {iface} up; ip addr add {addr}/{ipaddress.ip_network(net).prefixlen}"
              f" dev {iface} 2>/dev/null; true")
+    # The kernel sets operstate after the link comes up, asynchronously (linkwatch): a NIC
+    # just hot-plugged into a guest on a loaded host took seconds. Bounded; the state the
+    # exchange returns says what it became.
+    first_within(lambda: guest.sh(f"cat /sys/class/net/{shlex.quote(iface)}/operstate").strip()
+                 == "up", 30, f"{where}: {iface}'s operstate up", step=0.5)
     before = counters(guest, iface)
     log.info("%s: %d bytes each way through %s (%s, %s)", where, size, iface, mac, addr)
     files = f"{guest.rundir}/net-"

@@ -49,4 +49,5 @@ lint: setup
 	shellcheck -s sh pytest_kvm/remote/*.sh
 
 clean:
-	rm -rf $(VENV) reports/allure-results reports/allure-report reports/allure-overview.png reports/bench.json
+	rm -rf $(VENV) reports/allure-results reports/allure-report reports/allure-overview.png reports/bench.json \
+	  reports/bench-lab.log reports/junit.xml reports/demo.log

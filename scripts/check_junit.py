@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Checks that a run's JUnit XML (pytest's default family, xunit2) holds every migration's
+figures: for each migration check that ran (``test_measured[...]``), the testsuite
+properties ``<test id>.downtime_ms`` and ``<test id>.guest_gap_ms`` (``hop<k>_...`` for a
+ping-pong's hops), and that pytest's summary line (from the run's output, when given) names
+no warning.
+
+    python3 scripts/check_junit.py JUNIT_XML [RUN_OUTPUT]
+
+Prints one line per migration and exits 0 when all is there, 1 (naming what is missing)
+when not.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import xml.etree.ElementTree as ET
+
+FIGURES = ("downtime_ms", "guest_gap_ms")
+
+
+def problems(junit: str, output: str | None) -> list[str]:
+    root = ET.parse(junit).getroot()
+    props = {p.get("name", ""): p.get("value") for p in root.iter("property")}
+    found = []
+    for case in root.iter("testcase"):
+        if not case.get("name", "").startswith("test_measured["):
+            continue
+        if case.find("failure") is not None or case.find("error") is not None:
+            found.append(f"{case.get('name')}: did not pass")
+            continue
+        test_id = case.get("name")
+        for figure in FIGURES:
+            names = [n for n in props if n.split("::")[-1].startswith(test_id + ".")
+                     and re.fullmatch(rf"(hop\d+_)?{figure}", n.rsplit(".", 1)[-1])]
+            if not names:
+                found.append(f"{test_id}: no {figure} property")
+            else:
+                print(f"{test_id}: " + ", ".join(f"{n.rsplit('.', 1)[-1]}={props[n]}"
+                                                 for n in sorted(names)))
+    if not any(c.get("name", "").startswith("test_measured[") for c in root.iter("testcase")):
+        found.append("no migration (test_measured) in the run")
+    if output is not None:
+        lines = [line for line in open(output).read().splitlines() if line.strip()]
+        summary = next((line for line in reversed(lines) if re.search(r" in [\d.]+s", line)), "")
+        if "warning" in summary:
+            found.append(f"the run warned: {summary.strip('= ')}")
+    return found
+
+
+def main(argv: list[str]) -> int:
+    if not 1 <= len(argv) <= 2:
+        print("usage: check_junit.py JUNIT_XML [RUN_OUTPUT]", file=sys.stderr)
+        return 2
+    found = problems(argv[0], argv[1] if len(argv) == 2 else None)
+    if found:
+        print("JUnit figures missing: " + "; ".join(found))
+        return 1
+    print(f"{argv[0]}: every migration has {' and '.join(FIGURES)}, no warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

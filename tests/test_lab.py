@@ -148,10 +148,11 @@ def test_host_state_is_restored_after_failing_tests(tmp_path):
             os.environ.pop("PYTHONPATH")
         else:
             os.environ["PYTHONPATH"] = old
-    out = r.stdout
-    assert "test_fails_with_vfs_created[lab1-0000:01:00.0-one] FAILED" in out, out[-3000:]
-    assert "test_fails_with_device_on_vfio[lab1-0000:02:00.0] FAILED" in out, out[-3000:]
-    assert "test_c_check.py::test_state_is_back PASSED" in out, out[-3000:]
+    out = r.stdout  # (a live log can split a test's line from its outcome: the summary)
+    assert "FAILED test_a_sriov.py::test_fails_with_vfs_created[lab1-0000:01:00.0-one]" in out
+    assert "FAILED test_b_passthrough.py::test_fails_with_device_on_vfio[lab1-0000:02:00.0]" \
+        in out, out[-3000:]
+    assert "3 failed, 1 passed" in out.splitlines()[-1], out[-3000:]  # test_state_is_back
     # the live log tells the nested host's story to its end: its stop is in it
     finish = out[out.index("live log sessionfinish"):]
     assert "localhost/l1-lab1: stopping QEMU" in finish, out[-3000:]

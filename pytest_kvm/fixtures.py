@@ -112,19 +112,20 @@ class KvmSession:
                     return
                 try:
                     self.host(name)
-                except KvmError as exc:  # kept in _broken: its checks fail with it
+                except Exception as exc:  # noqa: BLE001 - a KvmError is kept in _broken (its
+                    # checks fail with it); any other, the check that needs the host meets again
                     log.warning("%s: the background boot failed: %s", name, exc)
 
         self._background = threading.Thread(target=boot, name="kvm-boot", daemon=True)
         self._background.start()
 
     def connected(self) -> list[tuple[str, str]]:
-        """(name, summary) of the hosts used so far; "NOT USED" and why for those that
-        failed."""
-        with self._lock:
-            return [*((n, f"{n}: NOT USED: {e}") for n, e in self._broken.items()),
-                    *((n, h.summary()) for n, h in self._hosts.items()
-                      if n not in self._broken)]
+        """(name, summary) of the hosts up so far (facts probed); "NOT USED" and why for
+        those that failed."""
+        hosts, broken = dict(self._hosts), dict(self._broken)  # (a boot may be adding one)
+        return [*((n, f"{n}: NOT USED: {e}") for n, e in broken.items()),
+                *((n, h.summary()) for n, h in hosts.items()
+                  if n not in broken and "facts" in vars(h))]  # (probed: no SSH here)
 
     def _connect(self, entry) -> Host:
         parent_name = entry.config.parent

@@ -549,7 +549,6 @@ class Run:
         self.source_status = ""
         self.cleanup: list[tuple[Host, str]] = []
         self._log: list[tuple[int, int, float]] = []  # counter_log(): what was read so far
-        self._log_of: Guest | None = None
         self.storage = "copy" if variant == "copy-storage" or (
             variant != "shared-storage" and shared_dir is None) else "shared"
         if self.storage == "shared":  # its first disk there (made by the source's start;
@@ -619,9 +618,8 @@ class Run:
     def counter_log(self) -> list[tuple[int, int, float]]:
         """The counter's log in the guest now, as (count, pid, uptime). Read incrementally:
         only lines new since the last call travel over the guest's console (a nested guest
-        under a dirtying load prints a few KB/s, and the whole log grows by the minute)."""
-        if self._log_of is not self.guest:
-            self._log, self._log_of = [], self.guest
+        under a dirtying load prints a few KB/s, and the whole log grows by the minute).
+        Called once the hops are done: self.guest no longer changes."""
         self._log += counter_log(self.guest, after=len(self._log))
         return list(self._log)
 

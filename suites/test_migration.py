@@ -26,7 +26,7 @@ from pytest_kvm.guest import Disk, GuestSpec
 
 pytestmark = pytest.mark.kvm_suite("migration")
 
-SPEC = GuestSpec(name="mig", serial=True, disks=(Disk(size="64M"),))
+SPEC = GuestSpec(name="mig", serial=True, shell=True, disks=(Disk(size="64M"),))
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pytest_kvm.waiting import wait_until
 
 from test_plugin import pytest_run
 
-SPEC = GuestSpec(name="mig", serial=True, memory=256, disks=(Disk(size="64M"),))
+SPEC = GuestSpec(name="mig", serial=True, shell=True, memory=256, disks=(Disk(size="64M"),))
 
 
 @pytest.fixture(scope="module")

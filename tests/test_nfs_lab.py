@@ -14,7 +14,7 @@ from pytest_kvm.fixtures import GuestFactory, KvmSession
 from pytest_kvm.guest import Disk, GuestSpec, Owner
 from pytest_kvm.inventory import parse
 
-SPEC = GuestSpec(name="mig", serial=True, memory=256, disks=(Disk(size="64M"),))
+SPEC = GuestSpec(name="mig", serial=True, shell=True, memory=256, disks=(Disk(size="64M"),))
 SHARED = "/srv/kvm-shared"
 INVENTORY = f"""
 [l0]

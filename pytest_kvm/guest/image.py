@@ -27,9 +27,10 @@ from filelock import FileLock
 
 from ..errors import KvmError
 
-BUILDER_VERSION = "3"
+BUILDER_VERSION = "4"
 READY_MARKER = "PYTEST-KVM-READY"
 PROMPT = "[pytest-kvm]# "
+SHELL_PORT = "org.pytest-kvm.shell"  # the virtio console of the shell (GuestSpec.shell)
 BUSYBOX = "/bin/busybox"
 
 # What the suites need in a guest; dependencies are added from modules.dep.
@@ -82,6 +83,26 @@ if [ -n "$root" ]; then
   echo "pytest-kvm: cannot mount $root" > /dev/console
 fi
 grep -q pkvm.hostroot /proc/cmdline && . /etc/pkvm-hostroot.sh
+# pkvm.shell=1: a login shell on the virtio console named @SHELL@ too, for the controller's
+# commands (kernel messages stay on ttyS0). Its /dev/hvcN: the port's console number, minus
+# one (debugfs; the ports appear once virtio_console has talked to the device).
+if grep -q pkvm.shell=1 /proc/cmdline; then
+  mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+  for try in $(seq 100); do
+    for p in /sys/kernel/debug/virtio-ports/*; do
+      grep -qx 'name: @SHELL@' "$p" 2>/dev/null || continue
+      n=$(sed -n 's/^console_vtermno: //p' "$p")
+      [ -n "$n" ] && hvc=/dev/hvc$((n - 1))
+    done
+    [ -n "$hvc" ] && break
+    sleep 0.1
+  done
+  if [ -n "$hvc" ]; then
+    (while true; do setsid sh -c "exec sh -l <>$hvc >&0 2>&1"; sleep 0.2; done) &
+  else
+    echo "pytest-kvm: no virtio console @SHELL@"
+  fi
+fi
 echo "@READY@ $(uname -r)"
 while true; do setsid cttyhack sh -l; done
 """
@@ -274,7 +295,7 @@ def build_micro(kernel: str | None = None, modules_dir: str | None = None,
     if not os.path.exists(BUSYBOX) or not _is_static(BUSYBOX):
         raise KvmError(f"{BUSYBOX} is missing or not static; apt-get install busybox-static")
     version = mdir.name
-    init = INIT.replace("@READY@", READY_MARKER).encode()
+    init = INIT.replace("@READY@", READY_MARKER).replace("@SHELL@", SHELL_PORT).encode()
     mods = module_closure(mdir, MODULES)
     key = _digest(BUILDER_VERSION.encode(), kpath.read_bytes(), Path(BUSYBOX).read_bytes(),
                   init, PROFILE.encode(), HOSTROOT.encode(), "\n".join(mods).encode())

@@ -23,7 +23,7 @@ from .cloudinit import console_login, nocloud_seed, quiet_console
 from .console import Console, ConsoleClosed, GuestCommandTimeout
 from .image import PROMPT, READY_MARKER, MicroImage
 from .qmp import Qmp
-from .spec import GuestSpec, disk_file, render
+from .spec import SHELL_SOCKET, GuestSpec, disk_file, render
 
 log = logging.getLogger("pytest_kvm.guest")
 
@@ -71,8 +71,10 @@ class Guest:
         self.state = GuestState.STARTING
         self.death: str | None = None  # why it died (kept once it is stopped)
         # how commands reach the guest: "agent" (qemu-guest-agent: exit code, stdout and
-        # stderr apart, no console noise) or "console" (the serial console, the fallback)
+        # stderr apart, no console noise), "ssh", "shell" (the micro guest's shell on a virtio
+        # console of its own: spec.shell) or "console" (the serial console, the fallback)
         self.channel = "console"
+        self._shell: Console | None = None
         self._agent: Agent | None = None
         self.ssh_port: int | None = None  # the guest's sshd, forwarded on the host's loopback
         self.ssh_host_key: str | None = None  # its public host key (pinned)
@@ -118,6 +120,18 @@ class Guest:
             stream = self.host.connect_unix(f"{self.rundir}/c.sock")
             self._console = Console(stream, f"{self.host.name}/{self.spec.name}", PROMPT)
         return self._console
+
+    @property
+    def shell(self) -> Console:
+        """The shell on the spec's virtio console (SHELL_PORT)."""
+        if self._shell is None or self._shell.flag_eof:
+            stream = self.host.connect_unix(f"{self.rundir}/{SHELL_SOCKET}")
+            self._shell = Console(stream, f"{self.host.name}/{self.spec.name} (shell)", PROMPT)
+        return self._shell
+
+    def _commands(self) -> Console:
+        """The console that takes commands: the shell's when the guest has one."""
+        return self.shell if self.channel == "shell" else self.console
 
     def expect(self, pattern, timeout: float = 30):
         return self.console.expect(pattern, timeout=timeout)
@@ -223,7 +237,7 @@ class Guest:
 
     def _run_console(self, command: str, timeout: float) -> tuple[int, str]:
         try:
-            status, output = self.console.run(command, timeout)
+            status, output = self._commands().run(command, timeout)
         except GuestCommandTimeout:
             self._raise_if_host_lost(command)
             self._resync()
@@ -245,8 +259,8 @@ class Guest:
 
     def _resync(self) -> None:
         try:
-            self.console.sendline("")
-            self.console.wait_prompt(10)
+            self._commands().sendline("")
+            self._commands().wait_prompt(10)
         except (pexpect.TIMEOUT, pexpect.EOF):
             self._died("no prompt after an interrupt: the guest hangs")
 
@@ -368,6 +382,9 @@ class Guest:
                                  check=False, timeout=30).ok
             if not seen:
                 console.expect_exact(marker, timeout=timeout)
+            if self.spec.virtio_shell:  # its shell started before the marker
+                console = self.shell
+                self.channel = "shell"
             console.sendline("")
             console.wait_prompt(max(10.0, timeout - (time.monotonic() - start)))
         except pexpect.EOF as exc:
@@ -426,13 +443,13 @@ class Guest:
                 first = 100  # QEMU exits by itself on quit; give it 10 s
             except KvmError:
                 first = 0
-        for closable in (self._console, self._qmp, self._agent, self._ssh):
+        for closable in (self._console, self._shell, self._qmp, self._agent, self._ssh):
             if closable is not None:
                 try:
                     closable.close()
                 except Exception:
                     pass
-        self._console = self._qmp = self._agent = self._ssh = None
+        self._console = self._shell = self._qmp = self._agent = self._ssh = None
         log.info("%s/%s: stopping QEMU (pid %s)", self.host.name, self.spec.name, self.pid)
         r = self.host.run(remote.argv("qemu-stop", self.rundir, str(first),
                            "keep-dir" if keep_dir else ""), check=False, timeout=120)

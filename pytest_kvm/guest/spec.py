@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass, field, replace
 
 from .cloudinit import CloudInit
+from .image import SHELL_PORT
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,12 @@ class GuestSpec:
     rng: bool = False
     serial: bool = False  # virtio-serial with a virtconsole port
     agent: bool = False  # a virtio-serial port for qemu-guest-agent (commands go through it)
+    # the micro guest's commands on a virtio console of their own (SHELL_PORT, /dev/hvcN in
+    # the guest) instead of the serial console: a UART costs several VM exits per byte, which
+    # a guest nested in an emulated host pays dearly (about 200 bytes/s); a virtio console
+    # moves a page per exit. No kernel message lands in the output either. The serial console
+    # still shows the boot. Ignored for a distro guest (its own init and login).
+    shell: bool = False
     firmware: str = "bios"  # bios (SeaBIOS) or uefi (OVMF: an image with an EFI partition)
     # commands over SSH (when there is no agent): the controller's private key for the
     # guest's sshd, reached through a port forwarded on the host (a NIC of its own)
@@ -78,6 +85,12 @@ class GuestSpec:
     def with_(self, **changes) -> GuestSpec:
         return replace(self, **changes)
 
+    @property
+    def virtio_shell(self) -> bool:
+        """Commands go over SHELL_PORT: asked for, and the micro guest's own init runs."""
+        return self.shell and self.kernel is None and self.root is None and (
+            self.cloud_init is None)
+
     @classmethod
     def all_virtio(cls, **kw) -> GuestSpec:
         """Every virtio device the virtio suite checks."""
@@ -93,6 +106,7 @@ HOTPLUG_MAXCPUS = 2
 HOTPLUG_MAXMEM = "2G"
 SERIAL_PORT = "org.pytest-kvm.port0"  # a virtio-serial port next to the virtconsole
 SERIAL_SOCKET = "vp.sock"  # its host side, in the run dir
+SHELL_SOCKET = "sh.sock"
 
 
 def disk_file(disk: Disk, rundir: str, index: int) -> str:
@@ -130,7 +144,9 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
     # (nested hosts do): a guest that loads kvm_amd/kvm_intel itself is one level deeper.
     cpu = spec.cpu or ("host" if accel == "kvm" else "max") + ",-svm,-vmx"
     root = f"pkvm.root={spec.root}" if spec.root else ""
-    append = " ".join(x for x in ("console=ttyS0 quiet panic=-1", root, spec.append) if x)
+    shell = "pkvm.shell=1" if spec.virtio_shell else ""
+    append = " ".join(x for x in ("console=ttyS0 quiet panic=-1", root, shell, spec.append)
+                      if x)
     argv = [
         qemu, "-name", f"{proc_name},process={proc_name[:15]}",
         "-machine", f"{spec.machine},accel={accel}", "-cpu", cpu,
@@ -195,17 +211,24 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
     if spec.rng:
         argv += ["-object", "rng-random,id=rng0,filename=/dev/urandom",
                  "-device", "virtio-rng-pci,rng=rng0"]
-    if spec.serial or spec.agent:
+    # One virtio-serial device for all ports: the guest adds one device's ports in order, so
+    # the serial spec's virtconsole is /dev/hvc0 (the shell's console comes after it)
+    if spec.serial or spec.agent or spec.virtio_shell:
         argv += ["-device", "virtio-serial-pci,id=vser0"]
     if spec.serial:
         argv += ["-chardev", f"socket,id=vcon0,path={qopt(rundir)}/vc.sock,server=on,wait=off",
-                 "-device", "virtconsole,chardev=vcon0,name=org.pytest-kvm.0",
+                 "-device", "virtconsole,bus=vser0.0,chardev=vcon0,name=org.pytest-kvm.0",
                  "-chardev", f"socket,id=vport0,path={qopt(rundir)}/{SERIAL_SOCKET},"
                              "server=on,wait=off",
-                 "-device", f"virtserialport,chardev=vport0,name={SERIAL_PORT}"]
+                 "-device", f"virtserialport,bus=vser0.0,chardev=vport0,name={SERIAL_PORT}"]
     if spec.agent:
         argv += ["-chardev", f"socket,id=qga0,path={qopt(rundir)}/ga.sock,server=on,wait=off",
-                 "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]
+                 "-device", "virtserialport,bus=vser0.0,chardev=qga0,"
+                            "name=org.qemu.guest_agent.0"]
+    if spec.virtio_shell:
+        argv += ["-chardev", f"socket,id=sh0,path={qopt(rundir)}/{SHELL_SOCKET},server=on,"
+                             "wait=off",
+                 "-device", f"virtconsole,bus=vser0.0,chardev=sh0,name={SHELL_PORT}"]
     if spec.hotplug:
         for n, port in enumerate(HOTPLUG_PORTS):
             argv += ["-device", f"pcie-root-port,id={port},chassis={20 + n},slot={20 + n}"]

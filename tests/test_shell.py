@@ -1,0 +1,60 @@
+"""The micro guest's shell on a virtio console of its own (GuestSpec.shell), on a real sshd
+host: commands go there, kernel messages stay on the serial console, long output comes back
+whole, a timeout is interrupted."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_kvm.fixtures import KvmSession
+from pytest_kvm.guest import GuestCommandTimeout, GuestSpec, Owner
+from pytest_kvm.guest.cloudinit import CloudInit
+from pytest_kvm.guest.qemu import controller_id
+from pytest_kvm.waiting import first_within
+
+
+@pytest.fixture(scope="module")
+def session(rig_inventory):
+    s = KvmSession(rig_inventory, Owner.current("s" + controller_id()[:7]))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def shelled(session):
+    """A micro guest whose commands go over a virtio console of their own (spec.shell), with
+    the serial spec's virtconsole too (a migration's counter writes to /dev/hvc0)."""
+    spec = GuestSpec(name="shelled", shell=True, serial=True)
+    g = session.start_guest(session.host("host1"), spec, "shell")
+    yield g
+    g.stop()
+
+
+def test_a_shell_guest_takes_commands_on_its_virtio_console(shelled):
+    assert shelled.channel == "shell"
+    assert "pkvm.shell=1" in shelled.sh("cat /proc/cmdline")
+    assert shelled.sh("tty").strip() == "/dev/hvc1"  # the serial spec's console is hvc0
+    assert shelled.sh("grep -h '^name' /sys/kernel/debug/virtio-ports/*").split() == [
+        "name:", "org.pytest-kvm.0", "name:", "org.pytest-kvm.port0",
+        "name:", "org.pytest-kvm.shell"]
+
+
+def test_kernel_messages_stay_out_of_a_shell_guests_output(shelled):
+    """The serial console shows what the kernel prints (console=ttyS0); the shell does not."""
+    assert shelled.run("echo '<2>pkvm-kernel-noise' > /dev/kmsg; echo ok") == (0, "ok\n")
+    assert first_within(lambda: "pkvm-kernel-noise" in shelled.read_log("console.log", 200),
+                        10, "the kernel message on the serial console", step=0.5)
+
+
+def test_a_shell_guest_returns_long_output_whole_and_recovers_from_a_timeout(shelled):
+    assert shelled.sh("seq 1 3000") == "".join(f"{n}\n" for n in range(1, 3001))
+    with pytest.raises(GuestCommandTimeout, match="`sleep 30` did not finish within 1 s"):
+        shelled.run("sleep 30", timeout=1)
+    assert shelled.run("echo still here") == (0, "still here\n")
+
+
+def test_a_distro_guest_ignores_shell():
+    assert GuestSpec(shell=True).virtio_shell
+    assert not GuestSpec(shell=True, root="/dev/vda").virtio_shell
+    assert not GuestSpec(shell=True, kernel="/boot/vmlinuz").virtio_shell
+    assert not GuestSpec(shell=True, cloud_init=CloudInit()).virtio_shell

@@ -37,7 +37,8 @@ COUNTER = ("sh -c 'i=0; while true; do i=$((i+1)); "
 LINE_RE = re.compile(r"PKVM-COUNT (\d+) (\d+) ([\d.]+)")
 # In the background with its output elsewhere: a job that kept the command's output open would
 # keep an exec channel (the guest agent, SSH) waiting for its end.
-DIRTY = ("sh -c 'mkdir -p /dev/shm; while true; do dd if=/dev/urandom of=/dev/shm/dirty "
+DIRTY_FILE = "/dev/shm/dirty"
+DIRTY = ("sh -c 'mkdir -p /dev/shm; while true; do dd if=/dev/urandom of=" + DIRTY_FILE + " "
          "bs=1M count={mib} 2>/dev/null; done' </dev/null >/dev/null 2>&1 &")
 
 
@@ -158,9 +159,18 @@ def counter_log(guest: Guest, after: int = 0) -> list[tuple[int, int, float]]:
             for m in LINE_RE.finditer(out)]
 
 
-def start_dirtying(guest: Guest, mib: int = 64) -> None:
-    """Keep rewriting a tmpfs file: memory the migration has to send again and again."""
-    guest.sh(DIRTY.format(mib=mib))
+def start_dirtying(guest: Guest, mib: int = 64) -> int:
+    """Keep rewriting a tmpfs file: memory the migration has to send again and again.
+    Returns the loop's PID."""
+    out = guest.sh(DIRTY.format(mib=mib) + " echo PKVM-DIRTY $!")
+    return int(re.search(r"PKVM-DIRTY (\d+)", out).group(1))
+
+
+def stop_dirtying(guest: Guest, pid: int) -> None:
+    """End the dirtying loop and its dd (stopped first, so it starts no other) and free its
+    file; the counter runs on."""
+    guest.sh(f"kill -STOP {pid}; pkill -P {pid}; kill -KILL {pid}; sleep 0.2; "
+             f"rm -f {DIRTY_FILE}; ! kill -0 {pid} 2>/dev/null")
 
 
 def listen_uri(address: str, port: int) -> str:
@@ -529,11 +539,11 @@ class Run:
     many tests: shared-storage, copy-storage (an overlay per host, mirrored over NBD),
     ping-pong (A->B->A->B, a fresh destination each hop), dirty-memory (a memory-dirtying
     load, auto-converge on), postcopy (switched from precopy under a lighter dirtying load),
-    multifd (4 channels), xbzrle (a 64 MiB cache, under a lighter dirtying load). All but
-    copy-storage use shared storage where there is some. Guests come from ``start`` (whose
-    owner stops them at the end); ``close()`` stops the last one (the guest the checks read:
-    left running, it and its dirtying load would slow every later variant) and removes the
-    rest."""
+    multifd (4 channels), xbzrle (a 64 MiB cache, under a lighter dirtying load). A dirtying
+    load ends once the hops are done (the counter runs on). All but copy-storage use shared
+    storage where there is some. Guests come from ``start`` (whose owner stops them at the
+    end); ``close()`` stops the last one (the guest the checks read: left running, it would
+    slow every later variant) and removes the rest."""
 
     def __init__(self, variant: str, src: Host, dst: Host, spec: GuestSpec, start: StartGuest,
                  shared_dir: str | None = None, tls: MigrationTls | None = None,
@@ -580,9 +590,12 @@ class Run:
         self.pid = start_counter(self.guest)
         self.watch.wait_lines("source", 5, 30)
         if variant in DIRTYING:
-            start_dirtying(self.guest, DIRTYING[variant])
+            self.dirtying = start_dirtying(self.guest, DIRTYING[variant])
         for to_host in ([dst, src, dst] if variant == "ping-pong" else [dst]):
             self.hop(to_host)
+        if variant in DIRTYING:  # it served the migration; left running, it would slow every
+            stop_dirtying(self.guest, self.dirtying)  # check of the guest after it (seconds per command
+            # in a nested one)
 
     def hop(self, to_host: Host) -> None:
         source = self.guest

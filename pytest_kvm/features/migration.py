@@ -593,9 +593,10 @@ class Run:
             self.dirtying = start_dirtying(self.guest, DIRTYING[variant])
         for to_host in ([dst, src, dst] if variant == "ping-pong" else [dst]):
             self.hop(to_host)
-        if variant in DIRTYING:  # it served the migration; left running, it would slow every
-            stop_dirtying(self.guest, self.dirtying)  # check of the guest after it (seconds per command
-            # in a nested one)
+        # The load served the migration; left running, it would slow every check after it
+        # (seconds per command in a nested guest).
+        if variant in DIRTYING:
+            stop_dirtying(self.guest, self.dirtying)
 
     def hop(self, to_host: Host) -> None:
         source = self.guest

@@ -65,8 +65,9 @@ class GuestSpec:
     # the micro guest's commands on a virtio console of their own (SHELL_PORT, /dev/hvcN in
     # the guest) instead of the serial console: a UART costs several VM exits per byte, which
     # a guest nested in an emulated host pays dearly (about 200 bytes/s); a virtio console
-    # moves a page per exit. No kernel message lands in the output either. The serial console
-    # still shows the boot. Ignored for a distro guest (its own init and login).
+    # moves up to a page per exit (bench: l2_shell_output). No kernel message lands in the
+    # output either. The serial console still shows the boot. Ignored for a distro guest (its
+    # own init and login).
     shell: bool = False
     firmware: str = "bios"  # bios (SeaBIOS) or uefi (OVMF: an image with an EFI partition)
     # commands over SSH (when there is no agent): the controller's private key for the

@@ -4,6 +4,8 @@ whole, a timeout is interrupted."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from pytest_kvm.fixtures import KvmSession
@@ -50,7 +52,10 @@ def test_a_shell_guest_returns_long_output_whole_and_recovers_from_a_timeout(she
     assert shelled.sh("seq 1 3000") == "".join(f"{n}\n" for n in range(1, 3001))
     with pytest.raises(GuestCommandTimeout, match="`sleep 30` did not finish within 1 s"):
         shelled.run("sleep 30", timeout=1)
+    start = time.monotonic()
     assert shelled.run("echo still here") == (0, "still here\n")
+    assert time.monotonic() - start < 10  # interrupted (^C), not waited for
+    assert shelled.sh("pidof sleep; true") == ""
 
 
 def test_a_distro_guest_ignores_shell():

@@ -169,7 +169,9 @@ def start_dirtying(guest: Guest, mib: int = 64) -> int:
 def stop_dirtying(guest: Guest, pid: int) -> None:
     """End the dirtying loop and its dd (stopped first, so it starts no other) and free its
     file; the counter runs on."""
-    guest.sh(f"kill -STOP {pid}; pkill -P {pid}; kill -KILL {pid}; sleep 0.2; "
+    children = (f"for f in /proc/[0-9]*/stat; do read -r p c s pp r < \"$f\" 2>/dev/null && "
+                f"[ \"$pp\" = {pid} ] && kill -KILL \"$p\"; done")  # (no pkill in busybox)
+    guest.sh(f"kill -STOP {pid}; {children}; kill -KILL {pid}; sleep 0.2; "
              f"rm -f {DIRTY_FILE}; ! kill -0 {pid} 2>/dev/null")
 
 

@@ -98,7 +98,11 @@ if grep -q pkvm.shell=1 /proc/cmdline; then
     sleep 0.1
   done
   if [ -n "$hvc" ]; then
-    (while true; do setsid sh -c "exec sh -l <>$hvc >&0 2>&1"; sleep 0.2; done) &
+    # Its controlling terminal (setsid -c), so ^C interrupts a command that timed out; started
+    # by start-stop-daemon, not `&`: a job of this non-interactive shell would ignore SIGINT,
+    # and so would every command of the shell (the -n name matches nothing: always started).
+    start-stop-daemon -S -b -n pkvm-shell -x /bin/sh -- -c \
+      'while true; do setsid -c sh -l <>"$0" >&0 2>&1; sleep 0.2; done' "$hvc"
   else
     echo "pytest-kvm: no virtio console @SHELL@"
   fi

@@ -116,18 +116,21 @@ class Guest:
     # -- console ----------------------------------------------------------------------------
     @property
     def console(self) -> Console:
-        if self._console is None or self._console.flag_eof:
-            stream = self.host.connect_unix(f"{self.rundir}/c.sock")
-            self._console = Console(stream, f"{self.host.name}/{self.spec.name}", PROMPT)
+        self._console = self._connected(self._console, "c.sock", "")
         return self._console
 
     @property
     def shell(self) -> Console:
         """The shell on the spec's virtio console (SHELL_PORT)."""
-        if self._shell is None or self._shell.flag_eof:
-            stream = self.host.connect_unix(f"{self.rundir}/{SHELL_SOCKET}")
-            self._shell = Console(stream, f"{self.host.name}/{self.spec.name} (shell)", PROMPT)
+        self._shell = self._connected(self._shell, SHELL_SOCKET, " (shell)")
         return self._shell
+
+    def _connected(self, current: Console | None, socket: str, label: str) -> Console:
+        """``current``, or a new connection to the run dir's ``socket`` if it has closed."""
+        if current is None or current.flag_eof:
+            stream = self.host.connect_unix(f"{self.rundir}/{socket}")
+            current = Console(stream, f"{self.host.name}/{self.spec.name}{label}", PROMPT)
+        return current
 
     def _commands(self) -> Console:
         """The console that takes commands: the shell's when the guest has one."""
@@ -259,8 +262,9 @@ class Guest:
 
     def _resync(self) -> None:
         try:
-            self._commands().sendline("")
-            self._commands().wait_prompt(10)
+            console = self._commands()
+            console.sendline("")
+            console.wait_prompt(10)
         except (pexpect.TIMEOUT, pexpect.EOF):
             self._died("no prompt after an interrupt: the guest hangs")
 

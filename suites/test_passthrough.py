@@ -49,7 +49,8 @@ def test_original_driver_remembered(binding, original):
 
 
 def test_guest_sees_the_device_at_boot(kvm_host, kvm_pci, binding, original, guest_factory):
-    guest = guest_factory(GuestSpec(name="pt-boot", devices=(f"vfio-pci,host={kvm_pci}",)),
+    guest = guest_factory(GuestSpec(name="pt-boot", shell=True,
+                                    devices=(f"vfio-pci,host={kvm_pci}",)),
                           host=kvm_host)
     assert original.vendor_device in vfio.guest_pci_ids(guest)
 
@@ -57,7 +58,7 @@ def test_guest_sees_the_device_at_boot(kvm_host, kvm_pci, binding, original, gue
 @pytest.fixture(scope="module")
 def hotplug_guest(kvm_host, binding, module_guest_factory):
     """A running guest with a free PCIe root port (hp0) to plug into."""
-    with module_guest_factory.held(GuestSpec(name="pt-hotplug", devices=(
+    with module_guest_factory.held(GuestSpec(name="pt-hotplug", shell=True, devices=(
             "pcie-root-port,id=hp0,chassis=9,slot=9",)), host=kvm_host) as guest:
         yield guest
 

@@ -72,7 +72,8 @@ def vf_guest(kvm_host, created, guest_factory):
     """A guest given the first VF (on vfio-pci while the guest runs, then given back)."""
     _, vfs = created
     with vfio.bound(kvm_host, vfs[0], check=False):  # a VF of a PF we may use
-        guest = guest_factory(GuestSpec(name="vf-guest", devices=(f"vfio-pci,host={vfs[0]}",)),
+        guest = guest_factory(GuestSpec(name="vf-guest", shell=True,
+                                        devices=(f"vfio-pci,host={vfs[0]}",)),
                               host=kvm_host)
         yield guest
         guest.stop()

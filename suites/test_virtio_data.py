@@ -28,7 +28,7 @@ QUEUES = 4
 @pytest.fixture(scope="module")
 def guest_spec():
     """Every virtio device, and a second NIC with QUEUES queue pairs (on a tap device)."""
-    base = GuestSpec.all_virtio(name="virtio-data")
+    base = GuestSpec.all_virtio(name="virtio-data", shell=True)
     return base.with_(nics=(*base.nics, Nic(netdev="tap", queues=QUEUES)))
 
 
@@ -148,7 +148,8 @@ def test_balloon_deflates(guest, full_memory):
 def hp_guest(kvm_host, module_guest_factory):
     """A virtio disk and NIC at boot (their drivers loaded, as a distro's would be), and free
     root ports, a vCPU slot and memory slots to plug more into."""
-    spec = GuestSpec(name="virtio-hotplug", hotplug=True, disks=(Disk(),), nics=(Nic(),))
+    spec = GuestSpec(name="virtio-hotplug", hotplug=True, shell=True, disks=(Disk(),),
+                     nics=(Nic(),))
     with module_guest_factory.held(spec, host=kvm_host) as guest:
         yield guest
 

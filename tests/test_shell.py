@@ -63,3 +63,16 @@ def test_a_distro_guest_ignores_shell():
     assert not GuestSpec(shell=True, root="/dev/vda").virtio_shell
     assert not GuestSpec(shell=True, kernel="/boot/vmlinuz").virtio_shell
     assert not GuestSpec(shell=True, cloud_init=CloudInit()).virtio_shell
+
+
+@pytest.mark.parametrize("channel", ["shell", "console"])
+def test_a_micro_guests_shells_do_not_echo_what_is_typed(shelled, channel):
+    """Busybox's line editing echoes each typed character with a write of its own, a VM exit
+    each (most of a command's time in a nested guest): the micro guest's shells, on the
+    virtio console and the serial one, read whole lines with echo off."""
+    console = getattr(shelled, channel)
+    console.sendline(": pkvm-typed-line; echo pkvm-''done")
+    console.expect_exact("pkvm-done", timeout=30)
+    assert "pkvm-typed-line" not in console.before, repr(console.before[-300:])
+    console.wait_prompt(10)
+    assert shelled.run("echo after") == (0, "after\n")

@@ -361,10 +361,23 @@ def serial_exchange(guest: Guest, timeout: float = 30) -> tuple[str, str, str, s
     down, up = f"host-{secrets.token_hex(6)}", f"guest-{secrets.token_hex(6)}"
     stream = guest.open_port(SERIAL_SOCKET)
     try:
-        pid = guest.sh(f"head -n1 {dev} > /tmp/pkvm-port-in 2>/dev/null < /dev/null & "
-                       "echo $!").strip()
-        wait_until(lambda: guest.run(f"ls -l /proc/{pid}/fd 2>/dev/null | grep -q {dev}",
-                                     check=False)[0] == 0, 30, f"{where}: a reader on {dev}")
+        def start_reader() -> str:
+            return guest.sh(f"head -n1 {dev} > /tmp/pkvm-port-in 2>/dev/null < /dev/null & "
+                            "echo $!").strip()
+        pid = start_reader()
+
+        def reading() -> bool:
+            """The reader has the port open; one that read end-of-file (the host side's open
+            had not reached the guest yet: a port without its host reads as closed) is
+            started again."""
+            nonlocal pid
+            state = guest.sh(f"if ls -l /proc/{pid}/fd 2>/dev/null | grep -q {dev}; then "
+                             f"echo reading; elif kill -0 {pid} 2>/dev/null; then echo starting;"
+                             " else echo ended; fi").strip()
+            if state == "ended":
+                pid = start_reader()
+            return state == "reading"
+        wait_until(reading, 30, f"{where}: a reader on {dev}")
         stream.send(down.encode() + b"\n")
         got_down = wait_until(
             lambda: guest.sh("cat /tmp/pkvm-port-in 2>/dev/null; true").strip(), timeout,

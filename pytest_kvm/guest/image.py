@@ -155,6 +155,10 @@ echo "PKVM-HOSTKEY $(cut -d' ' -f1,2 $R/run/pkvm/host_key.pub) PKVM-END"
 
 PROFILE = f"""export PATH=/sbin:/bin:/usr/sbin:/usr/bin HOME=/root
 PS1='{PROMPT}'
+# No echo on a console's shell: busybox's line editing echoes every typed character with a
+# write of its own, a VM exit each (most of a command's time in a nested guest); with echo
+# off the shell reads whole lines (`stty echo` to type at it by hand).
+[ -t 0 ] && stty -echo 2>/dev/null
 """
 
 

@@ -12,6 +12,7 @@ import pexpect
 from pytest_kvm.fixtures import KvmSession
 from pytest_kvm.guest import GuestSpec, Owner
 from pytest_kvm.guest.image import READY_MARKER
+from pytest_kvm.guest.spec import KERNEL_ARGS
 from pytest_kvm.inventory import parse
 
 ROUNDS = 3
@@ -23,7 +24,7 @@ def _bare(image, accel: str) -> float:
         "-machine", f"q35,accel={accel}", "-cpu", "max", "-m", "256", "-nodefaults",
         "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
         "-kernel", image.kernel, "-initrd", image.initrd,
-        "-append", "console=ttyS0 quiet panic=-1"], timeout=180)
+        "-append", KERNEL_ARGS], timeout=180)  # the same kernel, the same command line
     child.expect_exact(READY_MARKER)
     elapsed = time.perf_counter() - start
     child.terminate(force=True)

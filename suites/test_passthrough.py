@@ -2,9 +2,10 @@
 
 Per device named in the inventory (kvm_passthrough): its IOMMU group is known and can be
 handed over whole; it binds to vfio-pci (driver_override), its original driver remembered;
-a guest started with it shows its vendor:device; QMP device_add puts it into a running guest
-and device_del takes it out again, both seen in the guest; the original driver is back at the
-end, also when a test fails. The management NIC and unnamed devices are never touched.
+a guest started with it shows its vendor:device; in that guest, QMP device_del takes it out
+and device_add puts it back, then device_del again, each seen in the guest; the original
+driver is back at the end, also when a test fails. The management NIC and unnamed devices
+are never touched.
 """
 
 from __future__ import annotations
@@ -48,34 +49,35 @@ def test_original_driver_remembered(binding, original):
     assert binding.original_driver == original.driver
 
 
-def test_guest_sees_the_device_at_boot(kvm_host, kvm_pci, binding, original, guest_factory):
-    guest = guest_factory(GuestSpec(name="pt-boot", shell=True,
-                                    devices=(f"vfio-pci,host={kvm_pci}",)),
-                          host=kvm_host)
-    assert original.vendor_device in vfio.guest_pci_ids(guest)
-
-
 @pytest.fixture(scope="module")
-def hotplug_guest(kvm_host, binding, module_guest_factory):
-    """A running guest with a free PCIe root port (hp0) to plug into."""
-    with module_guest_factory.held(GuestSpec(name="pt-hotplug", shell=True, devices=(
-            "pcie-root-port,id=hp0,chassis=9,slot=9",)), host=kvm_host) as guest:
+def pt_guest(kvm_host, kvm_pci, binding, module_guest_factory):
+    """A guest given the device at boot, on a PCIe root port (hp0) it can be unplugged from
+    and plugged into again."""
+    with module_guest_factory.held(GuestSpec(name="pt", shell=True, devices=(
+            "pcie-root-port,id=hp0,chassis=9,slot=9",
+            f"vfio-pci,host={kvm_pci},id=pt0,bus=hp0")), host=kvm_host) as guest:
         yield guest
 
 
-@pytest.fixture(scope="module")
-def hot_added(kvm_pci, original, hotplug_guest):
-    """(in the guest before device_add, in the guest after it)."""
-    before = original.vendor_device in vfio.guest_pci_ids(hotplug_guest)
-    vfio.hot_add(hotplug_guest, kvm_pci, "pt0", bus="hp0")
-    return before, vfio.shows(hotplug_guest, original.vendor_device)
+def test_guest_sees_the_device_at_boot(pt_guest, original):
+    assert original.vendor_device in vfio.guest_pci_ids(pt_guest)
 
 
 @pytest.fixture(scope="module")
-def hot_removed(hot_added, original, hotplug_guest):
+def hot_added(kvm_pci, original, pt_guest):
+    """(in the guest before device_add, in the guest after it): the device given at boot is
+    unplugged first, then added back."""
+    vfio.hot_remove(pt_guest, "pt0")
+    before = vfio.shows(pt_guest, original.vendor_device, present=False)
+    vfio.hot_add(pt_guest, kvm_pci, "pt0", bus="hp0")
+    return not before, vfio.shows(pt_guest, original.vendor_device)
+
+
+@pytest.fixture(scope="module")
+def hot_removed(hot_added, original, pt_guest):
     """Gone from the guest after device_del (and QEMU's DEVICE_DELETED)."""
-    vfio.hot_remove(hotplug_guest, "pt0")
-    return vfio.shows(hotplug_guest, original.vendor_device, present=False)
+    vfio.hot_remove(pt_guest, "pt0")
+    return vfio.shows(pt_guest, original.vendor_device, present=False)
 
 
 def test_hotplug_adds_the_device(hot_added, original):
@@ -89,9 +91,9 @@ def test_hot_unplug_removes_the_device(hot_removed, original):
 
 
 @pytest.fixture(scope="module")
-def restored(kvm_host, kvm_pci, binding, hotplug_guest):
-    """The device after the guests let it go and the binding was undone."""
-    hotplug_guest.stop()
+def restored(kvm_host, kvm_pci, binding, pt_guest):
+    """The device after the guest let it go and the binding was undone."""
+    pt_guest.stop()
     binding.restore()
     return kvm_host.pci(kvm_pci)
 

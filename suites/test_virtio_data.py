@@ -4,9 +4,10 @@ The virtio suite proves the drivers are loaded and bound; this one that the devi
 on a guest with every virtio device (net, blk, scsi, balloon, a serial port, rng): bytes
 through the NIC both ways with checksums and its counters; O_DIRECT I/O on both disks, read
 back and found in the image file on the host after a flush; the balloon down and up; the RNG;
-lines both ways through a virtio-serial port. A second guest, with free PCIe root ports, a
-vCPU slot and memory slots, gets a disk, a NIC, a vCPU and memory hot-plugged through QMP (the
-seed's monitor commands) and uses them; the disk and NIC are unplugged again.
+lines both ways through a virtio-serial port. Last, as they change it, the same guest (free
+PCIe root ports, a vCPU slot and memory slots) gets a disk, a NIC, a vCPU and memory
+hot-plugged through QMP (the seed's monitor commands) and uses them; the disk and NIC are
+unplugged again.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from pytest_kvm.features import virtio
 from pytest_kvm.features.virtio import MIB
 from pytest_kvm.guest import GuestSpec
-from pytest_kvm.guest.spec import Disk, Nic, disk_serial
+from pytest_kvm.guest.spec import Nic, disk_serial
 from pytest_kvm.waiting import wait_until
 
 pytestmark = pytest.mark.kvm_suite("virtio-data")
@@ -27,8 +28,9 @@ QUEUES = 4
 
 @pytest.fixture(scope="module")
 def guest_spec():
-    """Every virtio device, and a second NIC with QUEUES queue pairs (on a tap device)."""
-    base = GuestSpec.all_virtio(name="virtio-data", shell=True)
+    """Every virtio device, a second NIC with QUEUES queue pairs (on a tap device), and free
+    root ports, a vCPU slot and memory slots for the hot-plug checks."""
+    base = GuestSpec.all_virtio(name="virtio-data", shell=True, hotplug=True)
     return base.with_(nics=(*base.nics, Nic(netdev="tap", queues=QUEUES)))
 
 
@@ -143,50 +145,40 @@ def test_balloon_deflates(guest, full_memory):
     assert total == full_memory, f"MemTotal {total} after deflating, {full_memory} before"
 
 
-# -- hot-plug (a guest of its own: these checks change it) ------------------------------------
-@pytest.fixture(scope="module")
-def hp_guest(kvm_host, module_guest_factory):
-    """A virtio disk and NIC at boot (their drivers loaded, as a distro's would be), and free
-    root ports, a vCPU slot and memory slots to plug more into."""
-    spec = GuestSpec(name="virtio-hotplug", hotplug=True, shell=True, disks=(Disk(),),
-                     nics=(Nic(),))
-    with module_guest_factory.held(spec, host=kvm_host) as guest:
-        yield guest
-
-
+# -- hot-plug (last: these checks change the guest) --------------------------------------
 # The plugged devices are fixtures of each test (plugged when not there): a test rerun on a
 # fresh guest (kvm_reruns) plugs them into that one.
 @pytest.fixture
-def plugged_disk(hp_guest):
-    image = virtio.plug_disk(hp_guest)
-    device = wait_until(lambda: virtio.disk_of(hp_guest, virtio.HOTPLUG_SERIAL), 60,
+def plugged_disk(guest):
+    image = virtio.plug_disk(guest)
+    device = wait_until(lambda: virtio.disk_of(guest, virtio.HOTPLUG_SERIAL), 60,
                         "the hot-plugged disk in the guest")
     return device, image
 
 
-def test_hotplugged_disk_is_bound_and_works(hp_guest, plugged_disk):
+def test_hotplugged_disk_is_bound_and_works(guest, plugged_disk):
     device, image = plugged_disk
-    assert virtio.block_driver(hp_guest, device) == "virtio_blk"
-    check = virtio.disk_check(hp_guest, device, "hpdisk", image)
+    assert virtio.block_driver(guest, device) == "virtio_blk"
+    check = virtio.disk_check(guest, device, "hpdisk", image)
     assert check.read_sha == check.written_sha and check.pattern_in_image, check
 
 
-def test_hot_unplugged_disk_is_gone(hp_guest, plugged_disk):
-    event = virtio.unplug_disk(hp_guest)
+def test_hot_unplugged_disk_is_gone(guest, plugged_disk):
+    event = virtio.unplug_disk(guest)
     assert event["data"]["device"] == "hpdisk"
-    assert wait_until(lambda: not virtio.disk_of(hp_guest, virtio.HOTPLUG_SERIAL), 30,
+    assert wait_until(lambda: not virtio.disk_of(guest, virtio.HOTPLUG_SERIAL), 30,
                       "the unplugged disk gone from the guest")
 
 
 @pytest.fixture
-def plugged_nic(hp_guest):
-    virtio.plug_nic(hp_guest)
-    return wait_until(lambda: virtio.iface_of(hp_guest, virtio.HOTPLUG_MAC), 60,
+def plugged_nic(guest):
+    virtio.plug_nic(guest)
+    return wait_until(lambda: virtio.iface_of(guest, virtio.HOTPLUG_MAC), 60,
                       "the hot-plugged NIC in the guest")
 
 
-def test_hotplugged_nic_is_bound_and_passes_traffic(hp_guest, plugged_nic):
-    exchange = virtio.net_exchange(hp_guest, virtio.HOTPLUG_MAC, "hpnet", virtio.HOTPLUG_NET,
+def test_hotplugged_nic_is_bound_and_passes_traffic(guest, plugged_nic):
+    exchange = virtio.net_exchange(guest, virtio.HOTPLUG_MAC, "hpnet", virtio.HOTPLUG_NET,
                                    size=256 * 1024)
     assert "driver=virtio_net" in exchange.state and "operstate=up" in exchange.state, \
         exchange.state
@@ -194,20 +186,20 @@ def test_hotplugged_nic_is_bound_and_passes_traffic(hp_guest, plugged_nic):
         f"{exchange.to_guest}\n{exchange.from_guest}\n{exchange.state}"
 
 
-def test_hot_unplugged_nic_is_gone(hp_guest, plugged_nic):
-    assert virtio.unplug_nic(hp_guest)["data"]["device"] == "hpnic"
-    assert wait_until(lambda: not virtio.iface_of(hp_guest, virtio.HOTPLUG_MAC), 30,
+def test_hot_unplugged_nic_is_gone(guest, plugged_nic):
+    assert virtio.unplug_nic(guest)["data"]["device"] == "hpnic"
+    assert wait_until(lambda: not virtio.iface_of(guest, virtio.HOTPLUG_MAC), 30,
                       "the unplugged NIC gone from the guest")
 
 
-def test_hotplugged_vcpu_comes_online(hp_guest):
-    before = virtio.online_cpus(hp_guest)
-    virtio.plug_cpu(hp_guest)
-    assert virtio.online_cpus(hp_guest) == before + 1
+def test_hotplugged_vcpu_comes_online(guest):
+    before = virtio.online_cpus(guest)
+    virtio.plug_cpu(guest)
+    assert virtio.online_cpus(guest) == before + 1
 
 
-def test_hotplugged_memory_comes_online(hp_guest):
-    before = virtio.mem_total(hp_guest)
-    virtio.plug_memory(hp_guest, 128 * MIB)
-    grown = virtio.mem_total(hp_guest) - before
+def test_hotplugged_memory_comes_online(guest):
+    before = virtio.mem_total(guest)
+    virtio.plug_memory(guest, 128 * MIB)
+    grown = virtio.mem_total(guest) - before
     assert grown == 128 * MIB, f"MemTotal grew by {grown // 1024} KiB for a 128 MiB DIMM"

@@ -20,7 +20,10 @@ SABOTAGE = textwrap.dedent('''
     @pytest.fixture(scope="module", autouse=True)
     def faulty_guest(request):
         guest = request.getfixturevalue("guest")
-        guest.sh("rmmod virtio_console")  # no driver for the serial port
+        # no driver for the serial port (nor for the virtio shell: commands on the serial
+        # console, as on a guest without virtio_console)
+        guest.channel = "console"
+        guest.sh("rmmod virtio_console")
         real_counters = virtio.counters  # counters read on the wrong interface
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(virtio, "counters", lambda g, iface: real_counters(g, "lo"))

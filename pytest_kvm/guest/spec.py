@@ -139,11 +139,12 @@ class Rendered:
 # The micro kernel's command line. pci=lastbus=0: no probe of all 256 buses for peer host
 # bridges (8192 config-space reads, a VM exit each: 1.6 s of a nested guest's boot under a
 # TCG L1; ACPI still finds every bus behind the root bridge). The crypto self-tests off
-# (0.3-0.7 s there): cryptomgr's, and the KDF108 one its initcall runs itself. init_on_free:
-# freed pages zeroed, so a migration sends the freed initramfs and init sections as zero
-# pages (108 -> 80 MB per migration of an idle micro guest).
+# (0.3-0.7 s there): cryptomgr's, and the KDF108 one its initcall runs itself. Not
+# init_on_free=1: it would send a migration 80 MB instead of 108 (the freed initramfs as zero
+# pages), but zeroing every freed page made lab1's migrations slower (3 variants: 145 s ->
+# 192 s), the L1s' boots most.
 KERNEL_ARGS = ("console=ttyS0 quiet panic=-1 pci=lastbus=0 cryptomgr.notests "
-               "initcall_blacklist=crypto_kdf108_init init_on_free=1")
+               "initcall_blacklist=crypto_kdf108_init")
 
 
 def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: str,

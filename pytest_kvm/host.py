@@ -108,6 +108,46 @@ class Facts:
         return ""
 
 
+@dataclass(frozen=True)
+class QemuOffers:
+    """What a host's QEMU offers a guest that must migrate: its version, its machine types and
+    its named CPU models, each with the features it lacks under the host's accelerator
+    (QMP query-machines and query-cpu-definitions)."""
+
+    version: str
+    machines: frozenset[str]
+    cpus: dict[str, tuple[str, ...]]  # model -> unavailable features
+    aliases: dict[str, str] = field(default_factory=dict)  # alias -> the model it stands for
+
+
+def parse_qmp_replies(text: str) -> list:
+    """The ``return`` of each QMP reply in a stdio session's output, in order; an error
+    reply raises KvmError with QEMU's words."""
+    replies = []
+    for raw in text.splitlines():
+        if not raw.startswith("{"):
+            continue
+        reply = json.loads(raw)
+        if "error" in reply:
+            raise KvmError(f"QEMU: {reply['error'].get('desc', reply['error'])}")
+        if "return" in reply:
+            replies.append(reply["return"])
+    return replies
+
+
+def parse_qemu_offers(text: str) -> QemuOffers:
+    replies = parse_qmp_replies(text)
+    if len(replies) < 4:
+        raise KvmError(f"QEMU answered {len(replies)} of 4 QMP commands: {text.strip()[-300:]}")
+    _, version, machines, cpus = replies[:4]
+    q = version["qemu"]
+    return QemuOffers(
+        version=f"{q['major']}.{q['minor']}.{q['micro']}",
+        machines=frozenset(m["name"] for m in machines),
+        cpus={c["name"]: tuple(c.get("unavailable-features") or ()) for c in cpus},
+        aliases={c["name"]: c["alias-of"] for c in cpus if c.get("alias-of")})
+
+
 def parse_facts(text: str) -> Facts:
     values: dict[str, str] = {}
     pci: dict[str, PciFacts] = {}
@@ -377,6 +417,39 @@ class Host:
         result = self.run(remote.argv("host-probe", *self.named_devices),
                           env={"QEMU": self.qemu}, timeout=60)
         return parse_facts(result.stdout)
+
+    @functools.cached_property
+    def qemu_offers(self) -> QemuOffers:
+        """Machine types and CPU models this host's QEMU offers under its accelerator."""
+        r = self.run(remote.argv("qemu-migration-facts", self.qemu, self.accel), timeout=90,
+                     check=False)
+        try:
+            offers = parse_qemu_offers(r.stdout)
+        except (KvmError, ValueError, KeyError) as exc:
+            raise KvmError(f"{self.name}: cannot ask {self.qemu} (-accel {self.accel}) for its "
+                           f"machine types and CPU models: {exc}; {r.stderr.strip()[-300:]}"
+                           ) from exc
+        log.info("%s: QEMU %s offers %d machine types, %d CPU models (%d usable under %s)",
+                 self.name, offers.version, len(offers.machines), len(offers.cpus),
+                 sum(1 for u in offers.cpus.values() if not u), self.accel)
+        return offers
+
+    def cpu_model_features(self, models: list[str]) -> dict[str, frozenset[str]]:
+        """The features each named CPU model turns on under this host's accelerator (QMP
+        query-cpu-model-expansion, full; one QEMU for all)."""
+        r = self.run(remote.argv("qemu-cpu-expansion", self.qemu, self.accel, *models),
+                     timeout=90, check=False)
+        try:
+            replies = parse_qmp_replies(r.stdout)[1:len(models) + 1]
+            props = [reply["model"]["props"] for reply in replies]
+        except (KvmError, ValueError, KeyError) as exc:
+            raise KvmError(f"{self.name}: cannot expand CPU models {', '.join(models)}: "
+                           f"{exc}; {r.stderr.strip()[-300:]}") from exc
+        if len(props) != len(models):
+            raise KvmError(f"{self.name}: QEMU expanded {len(props)} of {len(models)} CPU "
+                           f"models: {r.stderr.strip()[-300:]}")
+        return {m: frozenset(k for k, v in p.items() if v is True)
+                for m, p in zip(models, props, strict=True)}
 
     @property
     def accel(self) -> str:

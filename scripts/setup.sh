@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what pytest-kvm needs on a Debian 12 controller: QEMU 10 from bookworm-backports,
-# OpenSSH, busybox for the micro guest, and a venv with the project installed.
+# OpenSSH, busybox for the micro guest, QEMU 7.2 in a prefix (the lab's second version), gcc
+# (the memory-integrity program guests run), and a venv with the project installed.
 # Idempotent: a second run with everything present does nothing but check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PKGS=(openssh-server openssh-client busybox-static iproute2 socat pciutils kmod
-          cpio zstd xz-utils e2fsprogs debootstrap sudo shellcheck
+          cpio zstd xz-utils e2fsprogs debootstrap sudo shellcheck gcc
           ovmf grub-efi-amd64-bin mtools dosfstools
           nfs-kernel-server)  # the lab's NFS userland (the L1s run it; L0 has no nfsd)
 BPO_PKGS=(qemu-system-x86 qemu-utils)
@@ -66,6 +67,35 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${APT_PKGS[@]}"
   apt-get install -y -q --no-install-recommends -t bookworm-backports "${BPO_PKGS[@]}"
+fi
+
+# A second QEMU for the lab's rolling-upgrade migrations: Debian bookworm's own 7.2, unpacked
+# beside the installed 10 (the packages conflict; the binary needs no other library). A
+# wrapper gives it the system's firmware, so both ends of a migration load the same ROMs.
+QEMU_OLD=/opt/pytest-kvm/qemu-7.2
+if [ ! -x "$QEMU_OLD/bin/qemu-system-x86_64" ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "pytest-kvm: $QEMU_OLD is missing (the lab's second QEMU); run make setup as root" >&2
+    exit 1
+  fi
+  # The exact versions bookworm (not -security, not -backports) has, one per package
+  bookworm_version() {
+    apt-cache madison "$1" | awk -F'|' '$3 ~ / bookworm\/main / {gsub(/ /, "", $2); print $2; exit}'
+  }
+  [ -n "$(bookworm_version qemu-system-x86)" ] || apt-get update -q
+  dl=$(mktemp -d)
+  for p in qemu-system-x86 qemu-system-common qemu-system-data; do
+    v=$(bookworm_version "$p")
+    [ -n "$v" ] || { echo "pytest-kvm: no bookworm version of $p in apt's lists" >&2; exit 1; }
+    (cd "$dl" && apt-get download -q "$p=$v")
+  done
+  rm -rf "$QEMU_OLD.new" && mkdir -p "$QEMU_OLD.new/bin"
+  for deb in "$dl"/*.deb; do dpkg-deb -x "$deb" "$QEMU_OLD.new"; done
+  printf '#!/bin/sh\n# QEMU 7.2 beside the system QEMU, with the system firmware (pytest-kvm setup)\nexec %s -L /usr/share/seabios -L /usr/share/qemu "$@"\n' \
+    "$QEMU_OLD/usr/bin/qemu-system-x86_64" > "$QEMU_OLD.new/bin/qemu-system-x86_64"
+  chmod 755 "$QEMU_OLD.new/bin/qemu-system-x86_64"
+  rm -rf "$QEMU_OLD" "$dl" && mv "$QEMU_OLD.new" "$QEMU_OLD"
+  "$QEMU_OLD/bin/qemu-system-x86_64" --version | head -n1
 fi
 
 # The project's venv, reinstalled only when pyproject.toml changes.

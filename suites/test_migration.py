@@ -9,8 +9,12 @@ load in the guest, auto-converge on), postcopy (precopy first, then migrate-star
 under a dirtying load), multifd (RAM over 4 channels) and xbzrle (re-sent pages as deltas
 against a 64 MiB cache, under a dirtying load). After each: the source is postmigrate, the
 destination running; the counter has the same PID, every number once and in order, uptime
-never went back; the guest answers; the disk kept what was written before; the variant is
-what it says. Total time, downtime, setup time, bytes, throughput, the guest-observed gap
+never went back; every page a program in the guest kept stamping is as it last wrote it;
+the guest answers; the disk kept what was written before; the variant is what it says. The
+guest's machine type and CPU model are ones both ends accept (the newest versioned machine
+type both QEMUs offer and the richest named CPU model both run in full, or the inventory's
+kvm_machine and kvm_migration_cpu): pairs of two QEMU versions migrate both ways.
+Total time, downtime, setup time, bytes, throughput, the guest-observed gap
 and the variant's own numbers are recorded as figures (kvm_figure).
 """
 
@@ -21,6 +25,7 @@ import json
 import pytest
 
 from pytest_kvm import reporting
+from pytest_kvm.features import compat
 from pytest_kvm.features import migration as mig
 from pytest_kvm.guest import Disk, GuestSpec
 
@@ -37,8 +42,26 @@ def shared_dir(kvm_pair):
     return path
 
 
+@pytest.fixture(scope="module")
+def pair_model(kvm_pair):
+    """The machine type and CPU model both ends accept (kvm_machine, kvm_migration_cpu, or
+    the newest both QEMUs offer); none: a skip naming both hosts, versions and what lacks."""
+    try:
+        return compat.pair_model(*kvm_pair, family=SPEC.machine)
+    except compat.NoCommonModel as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(autouse=True)
+def _pair_model_shown(pair_model):
+    """The pair's choice, on every check's report."""
+    reporting.parameter("machine type", pair_model.machine)
+    reporting.parameter("CPU model", pair_model.cpu)
+    reporting.parameter("QEMU versions", " -> ".join(pair_model.versions))
+
+
 @pytest.fixture(scope="module", params=mig.VARIANTS)
-def migrated(request, kvm_pair, module_guest_factory, kvm_migration_tls):
+def migrated(request, kvm_pair, pair_model, module_guest_factory, kvm_migration_tls):
     """The variant's migration(s), done once and checked by the tests below."""
     shared = None
     if request.param != "copy-storage":
@@ -47,7 +70,8 @@ def migrated(request, kvm_pair, module_guest_factory, kvm_migration_tls):
         except pytest.skip.Exception:
             if request.param == "shared-storage":
                 raise
-    run = mig.Run(request.param, *kvm_pair, SPEC, module_guest_factory, shared,
+    spec = SPEC.with_(machine=pair_model.machine, cpu=pair_model.cpu_option)
+    run = mig.Run(request.param, *kvm_pair, spec, module_guest_factory, shared,
                   kvm_migration_tls, reporting.step)
     yield run
     run.close()
@@ -99,6 +123,13 @@ def test_disk_cache_fits_the_storage(migrated):
                                                  "no-flush": False}, node
     else:
         assert node.get("file", "").startswith(migrated.guest.rundir + "/"), node
+
+
+def test_guest_memory_intact(migrated):
+    """A program in the guest stamped every page of a region with a generation number while
+    the guest moved, and checked each page before its next stamp: none was torn or stale."""
+    problem = migrated.memory_problem()
+    assert problem is None, problem
 
 
 def test_guest_answers(migrated):

@@ -4,6 +4,7 @@ over their veth and bridge only), a destination killed mid-way, and the timeout 
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import threading
 import time
@@ -37,24 +38,80 @@ def hosts(session, rig):
     return h1, h2
 
 
-def test_the_suite_migrates_between_two_namespaced_hosts(rig, tmp_path):
+OLD_QEMU = "/opt/pytest-kvm/qemu-7.2/bin/qemu-system-x86_64"  # make setup's second QEMU
+
+
+def test_the_suite_migrates_both_ways_between_two_qemu_versions(rig, tmp_path):
+    """A rolling upgrade and its rollback between two real sshd hosts: host1 runs the
+    system's QEMU 10, host2 Debian bookworm's 7.2 (make setup's prefix), each migrates to the
+    other. The guest gets the newest machine type both offer and a CPU model both run."""
     shutil.copy(Path(__file__).parent.parent / "suites" / "test_migration.py", tmp_path)
     (tmp_path / "hosts.ini").write_text(rig.inventory(
         extra=f"kvm_shared_storage={rig.dir}/shared",
-        host_vars={"host1": {"kvm_migration_peer": "host2"},
-                   "host2": {"kvm_suites": "virtio"}}))
+        host_vars={"host1": {"kvm_migration_peer": "host2", "kvm_suites": "migration"},
+                   "host2": {"kvm_migration_peer": "host1", "kvm_suites": "migration",
+                             "kvm_qemu": OLD_QEMU}}))
     (Path(rig.dir) / "shared").mkdir(exist_ok=True)
     r = pytest_run(["--hosts", "hosts.ini", "-v", "-k", "shared or copy",
-                    "--junitxml", str(tmp_path / "junit.xml")], tmp_path, timeout=600)
+                    "--junitxml", str(tmp_path / "junit.xml")], tmp_path, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:]
-    assert "test_counter_never_reset_or_repeated[host1-to-host2-shared-storage] PASSED" in r.stdout
-    assert "test_disk_contents_moved[host1-to-host2-copy-storage] PASSED" in r.stdout
+    for pair in ("host1-to-host2", "host2-to-host1"):
+        for variant in ("shared-storage", "copy-storage"):
+            for check in ("test_counter_never_reset_or_repeated", "test_guest_memory_intact",
+                          "test_disk_contents_moved"):
+                assert f"{check}[{pair}-{variant}] PASSED" in r.stdout, r.stdout[-3000:]
     assert "warning" not in r.stdout.splitlines()[-1], r.stdout[-2000:]  # none under xunit2
     junit = (tmp_path / "junit.xml").read_text()
     for prop in ("total_time_ms", "downtime_ms", "guest_gap_ms", "transferred_bytes"):
         # a testsuite property per migration: xunit2 (the default) has no testcase properties
         assert f'name="test_migration.py::test_measured[host1-to-host2-shared-storage].{prop}"' \
             in junit, junit[-2000:]
+    prefix = 'name="test_migration.py::test_measured[host2-to-host1-copy-storage].'
+    assert f'{prefix}machine" value="pc-q35-7.2"' in junit, junit[-3000:]
+    assert f'{prefix}source_qemu" value="7.2.' in junit, junit[-3000:]
+    assert f'{prefix}destination_qemu" value="10.' in junit, junit[-3000:]
+    assert f'{prefix}cpu" value="' in junit and ',enforce,-svm,-vmx"' in junit
+
+
+def test_a_pair_pinned_to_a_cpu_model_one_end_lacks_is_skipped_precisely(rig, tmp_path):
+    """kvm_migration_cpu names a model QEMU 7.2 does not have (EPYC-Genoa came in 8.1): every
+    check of the pair is skipped with one reason naming both hosts, the version and why."""
+    shutil.copy(Path(__file__).parent.parent / "suites" / "test_migration.py", tmp_path)
+    (tmp_path / "hosts.ini").write_text(rig.inventory(
+        extra="kvm_migration_cpu=EPYC-Genoa",
+        host_vars={"host1": {"kvm_migration_peer": "host2", "kvm_suites": "migration"},
+                   "host2": {"kvm_suites": "none", "kvm_qemu": OLD_QEMU}}))
+    r = pytest_run(["--hosts", "hosts.ini", "-rs"], tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:]
+    skips = [line.split(": ", 1)[1] for line in r.stdout.splitlines()
+             if line.startswith("SKIPPED")]
+    assert len(set(skips)) == 1, r.stdout[-3000:]  # one reason for all
+    assert re.search(r"^=+ \d+ skipped in", r.stdout.splitlines()[-1]), r.stdout[-500:]
+    assert "kvm_migration_cpu=EPYC-Genoa" in skips[0], skips
+    assert "host2 (QEMU 7.2." in skips[0] and "has no CPU model EPYC-Genoa" in skips[0], skips
+
+
+def test_memory_check_names_a_page_changed_behind_the_program(session, hosts):
+    """The suite's memory check after a migration QEMU 10 -> 10 (session hosts): one word of
+    one stamped page rewritten in the destination guest (through /proc/PID/mem, not by the
+    program) fails it with that page's address, the value seen and the value expected."""
+    def start(spec, host, wait=True):
+        return session.start_guest(host, spec, "mem", wait=wait)
+
+    run = mig.Run("copy-storage", *hosts, SPEC, start)
+    try:
+        assert run.memory_problem() is None  # the migration itself kept every page
+        stamp = run.stamp
+        where = stamp.addr + 5 * 4096 + 64
+        run.guest.sh(f"printf XXXXXXXX | dd of=/proc/{stamp.pid}/mem bs=1 seek={where} "
+                     f"conv=notrunc")
+        problem = run.memory_problem()
+        assert problem is not None
+        assert "1 page(s) of the guest's memory changed" in problem, problem
+        assert f"page=5 addr={where:#x} word=8 saw=0x5858585858585858" in problem, problem
+        assert re.search(r"want=0x[0-9a-f]+00005\b", problem), problem
+    finally:
+        run.close()
 
 
 def test_stream_goes_to_the_destination_namespace_address(hosts, rig):

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from .. import remote
 from ..errors import KvmError
-from ..guest import Guest, GuestSpec
+from ..guest import Guest, GuestSpec, memstamp
 from ..host import Host
 from ..waiting import first_within, wait_until
 
@@ -135,6 +135,10 @@ class Migration:
     xbzrle_cache_size: int = 0
     xbzrle_cache_miss: int = 0  # re-sent pages not yet in the cache (then cached)
     xbzrle_pages: int = 0  # re-sent pages sent as deltas
+    machine: str = ""  # the guest's machine type and CPU model (what both ends accepted)
+    cpu: str = ""
+    source_qemu: str = ""  # QEMU versions, source and destination
+    destination_qemu: str = ""
     extra: dict = field(default_factory=dict)
 
     def properties(self) -> dict:
@@ -198,7 +202,10 @@ def migrate(source: Guest, destination: Guest, address: str, port: int, *,
     (non-convergence says so).
     """
     result = Migration(source.host.name, destination.host.name,
-                       source.host.name == destination.host.name)
+                       source.host.name == destination.host.name,
+                       machine=source.spec.machine, cpu=source.spec.cpu or "",
+                       source_qemu=source.host.facts.qemu_version,
+                       destination_qemu=destination.host.facts.qemu_version)
     uri = listen_uri(address, port)
     if tls is not None:  # both ends must agree, or the migration fails
         for guest, endpoint in ((destination, "server"), (source, "client")):
@@ -590,7 +597,9 @@ class Run:
         self.guest.sh(f"echo {self.token} | dd of=/dev/vda bs=512 conv=fsync 2>/dev/null")
         self.watch.attach(self.guest, "source")
         self.pid = start_counter(self.guest)
+        self.stamp = memstamp.start(self.guest)
         self.watch.wait_lines("source", 5, 30)
+        self.stamped_before = memstamp.progress(self.guest).generation
         if variant in DIRTYING:
             self.dirtying = start_dirtying(self.guest, DIRTYING[variant])
         for to_host in ([dst, src, dst] if variant == "ping-pong" else [dst]):
@@ -599,6 +608,7 @@ class Run:
         # (seconds per command in a nested guest).
         if variant in DIRTYING:
             stop_dirtying(self.guest, self.dirtying)
+        self.stamped_after = memstamp.progress(self.guest).generation
 
     def hop(self, to_host: Host) -> None:
         source = self.guest
@@ -638,6 +648,25 @@ class Run:
         Called once the hops are done: self.guest no longer changes."""
         self._log += counter_log(self.guest, after=len(self._log))
         return list(self._log)
+
+    def memory_problem(self, timeout: float = 60.0) -> str | None:
+        """None when the memory-integrity program kept running across the hops and found
+        every page as it last wrote it, up to two whole passes after this call (each pass
+        checks every page before it stamps the next generation); else what it saw."""
+        where = f"{self.guest.host.name}/{self.guest.spec.name}"
+        target = max(memstamp.progress(self.guest).generation, self.stamped_after) + 2
+        now = wait_until(lambda: (p := memstamp.progress(self.guest)).generation >= target
+                         and p, timeout, f"{where}: memstamp's pass {target}", step=0.3)
+        if now.bad or now.reports:
+            return (f"{now.bad} page(s) of the guest's memory changed behind memstamp's back "
+                    f"(pid {self.stamp.pid}, {self.stamp.pages} pages at {self.stamp.addr:#x}"
+                    f"): " + "; ".join(now.reports))
+        if self.stamped_after <= self.stamped_before:
+            return (f"memstamp did not run across the hops (generation {self.stamped_before} "
+                    f"before, {self.stamped_after} after)")
+        if self.guest.run(f"kill -0 {self.stamp.pid}", check=False)[0] != 0:
+            return f"memstamp (pid {self.stamp.pid}) is no longer running"
+        return None
 
     def counter_samples(self) -> list[tuple[float, int, str]]:
         """The guest's counter across the hops as (arrival, count, QEMU process) — a line

@@ -13,7 +13,6 @@ each, joined by datagram sockets on the parent), and one can serve NFS to both o
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import os
 import random
@@ -223,12 +222,8 @@ def nesting_problem(host: Host) -> str | None:
                     f"{facts.nested.get(module, '?')}); fix: modprobe -r {module}; "
                     f"modprobe {module} nested=1")
         return None
-    r = host.run(remote.argv("qemu-cpu-expansion", host.qemu, "max"), timeout=90, check=False)
-    props: dict = {}
-    for line in r.stdout.splitlines():
-        if '"return"' in line and "model" in line:
-            props = json.loads(line)["return"]["model"]["props"]
-    missing = [f for f in ("svm", "npt") if props.get(f) is not True]
+    features = host.cpu_model_features(["max"])["max"]
+    missing = [f for f in ("svm", "npt") if f not in features]
     if missing:
         return (f"{host.name}: QEMU {facts.qemu_version}'s TCG CPU 'max' lacks "
                 f"{', '.join(missing)}; install a QEMU that emulates AMD SVM with NPT")

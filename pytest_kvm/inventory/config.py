@@ -139,6 +139,15 @@ def _link_name(value: Any) -> str:
     return value
 
 
+def _qemu_name(value: Any) -> str:
+    """A QEMU machine type or CPU model name (it goes into -machine/-cpu and QMP)."""
+    value = _text(value)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+        raise ValueError(f"must be a QEMU name of letters, digits, '.', '_' and '-' (e.g. "
+                         f"pc-q35-7.2, EPYC-v4), got {value!r}")
+    return value
+
+
 def _seconds(value: Any) -> float:
     try:
         number = float(value)
@@ -304,6 +313,11 @@ KEYS: dict[str, Key] = {
     "kvm_migration_address": Key("migration_address", _address, "address peers send migration "
                                  "streams to (default: ansible_host, or 127.0.0.1 for a local "
                                  "host)"),
+    "kvm_machine": Key("machine", _qemu_name, "machine type of migrating guests, pinned "
+                       "(default: the newest versioned pc-q35-X.Y both QEMUs of a pair offer)"),
+    "kvm_migration_cpu": Key("migration_cpu", _qemu_name, "CPU model of migrating guests, "
+                             "pinned (default: the named model both QEMUs of a pair run with "
+                             "every feature that has the most features)"),
     "kvm_migration_tls": Key("migration_tls", _bool, "yes: migrations to and from this host, "
                              "and their NBD storage mirror, use TLS (QEMU tls-creds-x509, a "
                              "per-run CA and certificates; default no)"),
@@ -376,6 +390,8 @@ class HostConfig:
     migration_peer: str | None = None
     migration_address: str | None = None
     migration_tls: bool = False
+    machine: str | None = None
+    migration_cpu: str | None = None
     guest_kernel: str | None = None
     guest_modules: str | None = None
     guest_image: str | None = None

@@ -1,0 +1,121 @@
+"""The memory-integrity program (memstamp.c beside this file): built on the controller, sent
+into a guest through its command channel, run there in the background.
+
+It stamps every page of a locked region with a generation number, a pass at a time, and checks
+each page still holds the last generation before it writes the next: a page a migration lost,
+tore or that something else changed is reported with its address and the values seen (see
+memstamp.c). Freestanding (no libc): about 2 KB, so it reaches any x86-64 Linux guest with a
+shell and base64, our micro guest and a distro image alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+import subprocess
+from dataclasses import dataclass
+from importlib import resources
+
+from filelock import FileLock
+
+from ..errors import KvmError
+from ..waiting import wait_until
+from .image import cache_root
+from .qemu import Guest
+
+log = logging.getLogger("pytest_kvm.guest")
+
+SOURCE = "memstamp.c"
+CFLAGS = ("-Os", "-static", "-nostdlib", "-ffreestanding", "-fno-stack-protector", "-fno-pie",
+          "-no-pie", "-fno-asynchronous-unwind-tables", "-Wl,--build-id=none", "-Wl,-N",
+          "-Wl,--no-warn-rwx-segments", "-s", "-Wall", "-Wextra", "-Werror")
+GUEST_PATH = "/tmp/pkvm-memstamp"
+LOG = "/tmp/pkvm-memstamp.log"
+STATUS = "/tmp/pkvm-memstamp.status"
+START_RE = re.compile(r"PKVM-MEM START pid=(\d+) addr=(0x[0-9a-f]+) pages=(\d+)")
+STATUS_RE = re.compile(r"PKVM-MEM GEN (\d+) BAD (\d+)")
+BAD_RE = re.compile(r"PKVM-MEM BAD .*")
+CHUNK = 1024  # base64 characters per command (a tty reads at most 4095 per line)
+
+
+def binary() -> bytes:
+    """The program, compiled with the controller's cc (cached by the source's hash)."""
+    source = resources.files(__package__).joinpath(SOURCE).read_bytes()
+    digest = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
+    out = cache_root() / f"memstamp-{digest}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock", timeout=120):
+        if not out.exists():
+            src = out.with_suffix(".c")
+            src.write_bytes(source)
+            try:
+                subprocess.run(["cc", *CFLAGS, "-o", f"{out}.tmp", str(src)], check=True,
+                               capture_output=True, text=True, timeout=120)
+            except FileNotFoundError as exc:
+                raise KvmError("the memory-integrity program needs a C compiler on the "
+                               "controller: apt-get install gcc (make setup does)") from exc
+            except subprocess.CalledProcessError as exc:
+                raise KvmError(f"cc could not build {SOURCE}: {exc.stderr.strip()[-500:]}"
+                               ) from exc
+            (out.parent / f"{out.name}.tmp").rename(out)
+            log.info("memstamp: built %s (%d bytes)", out, out.stat().st_size)
+    return out.read_bytes()
+
+
+@dataclass
+class MemStamp:
+    """The program running in a guest: its PID and its region."""
+
+    pid: int
+    addr: int
+    pages: int
+
+
+@dataclass
+class MemProgress:
+    generation: int  # passes completed (each one checked the whole region first)
+    bad: int  # pages found changed, over the program's life
+    reports: list[str]  # the first bad pages' lines: address, generation, values seen
+
+
+def install(guest: Guest) -> None:
+    """Send the program into the guest (base64 through its command channel), checked by
+    its SHA-256 there."""
+    data = binary()
+    text = base64.b64encode(data).decode()
+    guest.sh(f"rm -f {GUEST_PATH}.b64")
+    for i in range(0, len(text), CHUNK):
+        guest.sh(f"printf %s '{text[i:i + CHUNK]}' >> {GUEST_PATH}.b64")
+    guest.sh(f"base64 -d {GUEST_PATH}.b64 > {GUEST_PATH} && chmod 755 {GUEST_PATH} && "
+             f"rm -f {GUEST_PATH}.b64")
+    seen = guest.sh(f"sha256sum {GUEST_PATH}").split()[0]
+    if seen != hashlib.sha256(data).hexdigest():
+        raise KvmError(f"{guest.host.name}/{guest.spec.name}: {GUEST_PATH} arrived damaged "
+                       f"(sha256 {seen})")
+
+
+def start(guest: Guest, pages: int = 256, interval_ms: int = 100) -> MemStamp:
+    """Install and start the program over ``pages`` pages, a pass every ``interval_ms``."""
+    install(guest)
+    guest.sh(f"rm -f {LOG} {STATUS}; {GUEST_PATH} {pages} {interval_ms} {STATUS} "
+             f"</dev/null >{LOG} 2>&1 &")
+    match = wait_until(lambda: START_RE.search(guest.sh(f"cat {LOG}; true")), 30,
+                       f"{guest!r}: memstamp's start line", step=0.2)
+    stamp = MemStamp(int(match.group(1)), int(match.group(2), 16), int(match.group(3)))
+    log.info("%s/%s: memstamp pid %d stamps %d pages at %#x", guest.host.name,
+             guest.spec.name, stamp.pid, stamp.pages, stamp.addr)
+    return stamp
+
+
+def progress(guest: Guest) -> MemProgress:
+    """Where the program stands now (KvmError when it never wrote a status)."""
+    out = guest.sh(f"cat {STATUS} 2>/dev/null; grep 'PKVM-MEM BAD\\|PKVM-MEM ERROR' {LOG}; true")
+    status = STATUS_RE.search(out)
+    if not status:
+        raise KvmError(f"{guest.host.name}/{guest.spec.name}: memstamp wrote no status: "
+                       f"{out.strip()[-300:]!r}")
+    reports = [m.group(0) for m in BAD_RE.finditer(out)]
+    reports += re.findall(r"PKVM-MEM ERROR .*", out)
+    return MemProgress(int(status.group(1)), int(status.group(2)), reports)

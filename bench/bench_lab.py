@@ -1,5 +1,6 @@
 """lab_suite_wall: wall time of `pytest suites/ --hosts hosts.ini` on the default lab, against
-one bare micro-guest boot on L0 in the same run (the run's output: reports/bench-lab.log);
+one bare micro-guest boot on L0 in the same run (the run's output: reports/bench-lab.log),
+and that ratio per check the run ran (ratio_per_check: bare boots per check);
 beside it the per-test framework overhead
 (the median of a test's setup plus teardown: most tests reuse a booted guest, so this is the
 plugin's own cost per check)."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import statistics
 import subprocess
 import sys
@@ -40,9 +42,13 @@ def run() -> list[dict]:
             raise RuntimeError("the lab suites failed:\n" + r.stdout[-3000:])
         phases = json.load(open(out))
     overhead = statistics.median(phases.values()) if phases else 0.0
+    # the speed of the lab per check: bare boots per check (adding checks is no reason to skip
+    # one)
+    checks = sum(int(n) for n in re.findall(r"(\d+) (?:passed|failed)", r.stdout.splitlines()[-1]))
     return [
         {"name": "lab_suite_wall", "value": round(wall, 1), "unit": "s",
-         "baseline": round(bare, 3), "ratio": round(wall / bare, 1)},
+         "baseline": round(bare, 3), "ratio": round(wall / bare, 1), "checks": checks,
+         "ratio_per_check": round(wall / bare / max(checks, 1), 3)},
         {"name": "lab_test_overhead", "value": round(overhead * 1000, 3), "unit": "ms",
          "baseline": 0.0, "ratio": 0.0},  # no baseline: reported beside the wall time
     ]

@@ -39,7 +39,10 @@ def main(argv: list[str]) -> int:
     print(f"{'name':<24} {'value':>12} {'baseline':>12} {'unit':<6} {'ratio':>7}")
     for r in rows:
         ratio = f"{r['ratio']:>7.3f}" if r["baseline"] else "      -"
-        print(f"{r['name']:<24} {r['value']:>12.4g} {r['baseline']:>12.4g} {r['unit']:<6} {ratio}")
+        per_check = (f"  ({r['ratio_per_check']:.3f} per check, {r['checks']} checks)"
+                     if "ratio_per_check" in r else "")
+        print(f"{r['name']:<24} {r['value']:>12.4g} {r['baseline']:>12.4g} {r['unit']:<6} {ratio}"
+              f"{per_check}")
     print(f"written: {out.relative_to(ROOT)}")
     if failed:
         print("benchmarks that could not run: " + ", ".join(failed), file=sys.stderr)

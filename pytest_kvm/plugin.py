@@ -7,6 +7,7 @@ fixture is used: it adds nothing to collection and opens no connection on its ow
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -176,7 +177,8 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     def line(name: str) -> str:
         entry = session.inventory.hosts[name]
         if entry.config.parent:  # booted when the run knows its checks (see below)
-            return (f"  {name}: nested host on {entry.config.parent} ("
+            return (f"  {name}: nested host on {entry.config.parent}, "
+                    f"{_nested_qemu(session, entry)} ("
                     + ("booted by each worker" if parallel else
                        "booted in the background if a check needs it") + ")")
         try:
@@ -187,6 +189,20 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
         lines = list(pool.map(line, names))
     return [f"kvm inventory: {session.inventory.path} ({len(names)} hosts)", *lines]
+
+
+def _nested_qemu(session, entry) -> str:
+    """A nested host's QEMU, asked of its parent: the L1 runs its parent's root filesystem,
+    so kvm_qemu there is the parent's file. Only a parent that is up (not nested itself)."""
+    parent = entry.config.parent
+    if session.inventory.hosts[parent].config.parent:
+        return entry.config.qemu
+    try:
+        r = session.host(parent).run([entry.config.qemu, "--version"], check=False, timeout=30)
+    except KvmError:
+        return entry.config.qemu
+    match = re.search(r"version ([0-9][0-9.]*)", r.stdout)
+    return f"QEMU {match.group(1)}" if match else f"no QEMU ({entry.config.qemu} on {parent})"
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -147,7 +147,7 @@ IMAGE_VARIANTS = "not (ping-pong or postcopy or multifd or xbzrle)"
 
 
 @pytest.mark.parametrize("suite, passed, only", [("test_virtio.py", 14, None),
-                                                ("test_migration.py", 36, IMAGE_VARIANTS)])
+                                                ("test_migration.py", 39, IMAGE_VARIANTS)])
 def test_the_suites_run_on_the_image_with_nothing_skipped(image, tmp_path, suite, passed, only):
     shutil.copy(SUITES / suite, tmp_path)
     (tmp_path / "hosts.ini").write_text(

@@ -46,6 +46,11 @@ class MigrationError(KvmError):
     pass
 
 
+class MigrationUnsupported(MigrationError):
+    """An end's QEMU lacks what the migration needs (a capability): a skip, naming both ends'
+    versions, not a failure."""
+
+
 @dataclass
 class CounterLine:
     count: int
@@ -216,6 +221,15 @@ def migrate(source: Guest, destination: Guest, address: str, port: int, *,
             guest.qmp.execute("migrate-set-parameters", **params)
     both = {"postcopy-ram": postcopy, "multifd": multifd_channels > 0}  # on both ends
     caps = {"events": True, "auto-converge": auto_converge, "xbzrle": xbzrle_cache > 0, **both}
+    for guest, wanted in ((source, caps), (destination, both)):
+        offered = {c["capability"] for c in guest.qmp.execute("query-migrate-capabilities")}
+        missing = [c for c, on in wanted.items() if on and c not in offered]
+        if missing:
+            raise MigrationUnsupported(
+                f"{guest.host.name}'s QEMU {guest.host.facts.qemu_version} has no migration "
+                f"capability {', '.join(missing)} ({source.host.name}, QEMU "
+                f"{result.source_qemu} -> {destination.host.name}, QEMU "
+                f"{result.destination_qemu})")
     if any(both.values()):  # the destination's before it listens
         destination.qmp.execute("migrate-set-capabilities", capabilities=[
             {"capability": c, "state": True} for c, on in both.items() if on])

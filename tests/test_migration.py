@@ -54,7 +54,8 @@ def test_the_suite_migrates_both_ways_between_two_qemu_versions(rig, tmp_path):
     (Path(rig.dir) / "shared").mkdir(exist_ok=True)
     r = pytest_run(["--hosts", "hosts.ini", "-v", "-k", "shared or copy",
                     "--junitxml", str(tmp_path / "junit.xml")], tmp_path, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:]
+    failures = r.stdout.split("= FAILURES =")[-1]
+    assert r.returncode == 0, failures[:4000] + r.stdout[-1000:]
     for pair in ("host1-to-host2", "host2-to-host1"):
         for variant in ("shared-storage", "copy-storage"):
             for check in ("test_counter_never_reset_or_repeated", "test_guest_memory_intact",

@@ -260,6 +260,13 @@ def migrate(source: Guest, destination: Guest, address: str, port: int, *,
     info = (first_within(ended, timeout, "the migration's end", step=0.2)
             or source.qmp.execute("query-migrate"))
     status = info.get("status", "unknown")
+    if status == "completed" and not info.get("total-time"):
+        # QEMU 7.2 says "completed" a moment before it has computed total-time and downtime
+        # (seen: 0 and 0 after 109 MB moved): read again, briefly, until they are there
+        log.info("%s: 'completed' without total-time yet (QEMU %s); reading it again",
+                 source.host.name, result.source_qemu)
+        info = first_within(lambda: (i := source.qmp.execute("query-migrate")).get(
+            "total-time") and i, 5, "the completed migration's total-time", step=0.05) or info
     if status != "completed":
         ram = info.get("ram", {})
         if status not in ("failed", "cancelled"):

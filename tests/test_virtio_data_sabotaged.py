@@ -49,6 +49,12 @@ SABOTAGE = textwrap.dedent('''
                 return real_unplug(guest, device, timeout=10)
             finally:
                 guest.qmp.execute("cont")
+                # thawed, the guest lets the device go after all: the next check starts on a
+                # settled guest (it once timed out on a command while the removal ran)
+                try:
+                    guest.qmp.event("DEVICE_DELETED", timeout=60, device=device)
+                except Exception:
+                    pass
         monkeypatch.setattr(virtio, "unplug", unplug)
 ''')
 

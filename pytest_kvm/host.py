@@ -135,11 +135,8 @@ def parse_qmp_replies(text: str) -> list:
     return replies
 
 
-def parse_qemu_offers(text: str) -> QemuOffers:
-    replies = parse_qmp_replies(text)
-    if len(replies) < 4:
-        raise KvmError(f"QEMU answered {len(replies)} of 4 QMP commands: {text.strip()[-300:]}")
-    _, version, machines, cpus = replies[:4]
+def qemu_offers_from(version: dict, machines: list, cpus: list) -> QemuOffers:
+    """QemuOffers from the replies to query-version, query-machines, query-cpu-definitions."""
     q = version["qemu"]
     return QemuOffers(
         version=f"{q['major']}.{q['minor']}.{q['micro']}",
@@ -418,17 +415,33 @@ class Host:
                           env={"QEMU": self.qemu}, timeout=60)
         return parse_facts(result.stdout)
 
+    def qemu_qmp(self, *commands: dict) -> list:
+        """The replies of this host's QEMU, under its accelerator and with no machine, to
+        QMP commands (``{"execute": ..., "arguments": ...}``), in order; KvmError naming what
+        failed."""
+        r = self.run(remote.argv("qemu-qmp", self.qemu, self.accel,
+                                 *(json.dumps(c) for c in commands)), timeout=90, check=False)
+        what = ", ".join(c["execute"] for c in commands)
+        try:
+            replies = parse_qmp_replies(r.stdout)[1:len(commands) + 1]
+        except ValueError as exc:
+            raise KvmError(f"{self.name}: {self.qemu} answered {what} with no JSON: {exc}"
+                           ) from exc
+        except KvmError as exc:
+            raise KvmError(f"{self.name}: {self.qemu} (-accel {self.accel}), {what}: {exc}"
+                           ) from exc
+        if len(replies) != len(commands):
+            raise KvmError(f"{self.name}: {self.qemu} (-accel {self.accel}) answered "
+                           f"{len(replies)} of {len(commands)} QMP commands ({what}): "
+                           f"{r.stderr.strip()[-300:]}")
+        return replies
+
     @functools.cached_property
     def qemu_offers(self) -> QemuOffers:
         """Machine types and CPU models this host's QEMU offers under its accelerator."""
-        r = self.run(remote.argv("qemu-migration-facts", self.qemu, self.accel), timeout=90,
-                     check=False)
-        try:
-            offers = parse_qemu_offers(r.stdout)
-        except (KvmError, ValueError, KeyError) as exc:
-            raise KvmError(f"{self.name}: cannot ask {self.qemu} (-accel {self.accel}) for its "
-                           f"machine types and CPU models: {exc}; {r.stderr.strip()[-300:]}"
-                           ) from exc
+        replies = self.qemu_qmp({"execute": "query-version"}, {"execute": "query-machines"},
+                                {"execute": "query-cpu-definitions"})
+        offers = qemu_offers_from(*replies)
         log.info("%s: QEMU %s offers %d machine types, %d CPU models (%d usable under %s)",
                  self.name, offers.version, len(offers.machines), len(offers.cpus),
                  sum(1 for u in offers.cpus.values() if not u), self.accel)
@@ -437,19 +450,10 @@ class Host:
     def cpu_model_features(self, models: list[str]) -> dict[str, frozenset[str]]:
         """The features each named CPU model turns on under this host's accelerator (QMP
         query-cpu-model-expansion, full; one QEMU for all)."""
-        r = self.run(remote.argv("qemu-cpu-expansion", self.qemu, self.accel, *models),
-                     timeout=90, check=False)
-        try:
-            replies = parse_qmp_replies(r.stdout)[1:len(models) + 1]
-            props = [reply["model"]["props"] for reply in replies]
-        except (KvmError, ValueError, KeyError) as exc:
-            raise KvmError(f"{self.name}: cannot expand CPU models {', '.join(models)}: "
-                           f"{exc}; {r.stderr.strip()[-300:]}") from exc
-        if len(props) != len(models):
-            raise KvmError(f"{self.name}: QEMU expanded {len(props)} of {len(models)} CPU "
-                           f"models: {r.stderr.strip()[-300:]}")
-        return {m: frozenset(k for k, v in p.items() if v is True)
-                for m, p in zip(models, props, strict=True)}
+        replies = self.qemu_qmp(*({"execute": "query-cpu-model-expansion", "arguments": {
+            "type": "full", "model": {"name": m}}} for m in models))
+        return {m: frozenset(k for k, v in reply["model"]["props"].items() if v is True)
+                for m, reply in zip(models, replies, strict=True)}
 
     @property
     def accel(self) -> str:

@@ -17,6 +17,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 from filelock import FileLock
 
@@ -36,7 +37,7 @@ LOG = "/tmp/pkvm-memstamp.log"
 STATUS = "/tmp/pkvm-memstamp.status"
 START_RE = re.compile(r"PKVM-MEM START pid=(\d+) addr=(0x[0-9a-f]+) pages=(\d+)")
 STATUS_RE = re.compile(r"PKVM-MEM GEN (\d+) BAD (\d+)")
-BAD_RE = re.compile(r"PKVM-MEM BAD .*")
+REPORT_RE = re.compile(r"PKVM-MEM (?:BAD|ERROR) .*")  # a bad page; the program's own error
 CHUNK = 1024  # base64 characters per command (a tty reads at most 4095 per line)
 
 
@@ -59,7 +60,7 @@ def binary() -> bytes:
             except subprocess.CalledProcessError as exc:
                 raise KvmError(f"cc could not build {SOURCE}: {exc.stderr.strip()[-500:]}"
                                ) from exc
-            (out.parent / f"{out.name}.tmp").rename(out)
+            Path(f"{out}.tmp").rename(out)
             log.info("memstamp: built %s (%d bytes)", out, out.stat().st_size)
     return out.read_bytes()
 
@@ -116,6 +117,4 @@ def progress(guest: Guest) -> MemProgress:
     if not status:
         raise KvmError(f"{guest.host.name}/{guest.spec.name}: memstamp wrote no status: "
                        f"{out.strip()[-300:]!r}")
-    reports = [m.group(0) for m in BAD_RE.finditer(out)]
-    reports += re.findall(r"PKVM-MEM ERROR .*", out)
-    return MemProgress(int(status.group(1)), int(status.group(2)), reports)
+    return MemProgress(int(status.group(1)), int(status.group(2)), REPORT_RE.findall(out))

@@ -1,4 +1,5 @@
-"""pytest-kvm's command line: ``python -m pytest_kvm inventory -i PATH --list``.
+"""pytest-kvm's command line: ``python -m pytest_kvm inventory -i PATH --list``,
+``python -m pytest_kvm compare A B``, ``python -m pytest_kvm image build``.
 
 ``inventory`` prints an inventory as ``ansible-inventory`` does (``--list``: groups and every
 host's resolved variables as JSON; ``--host NAME``: one host's variables), so a user debugging
@@ -38,7 +39,42 @@ def _parser() -> argparse.ArgumentParser:
                                "cloud image: GRUB, cloud-init, qemu-guest-agent, sshd")
     build.add_argument("--out", metavar="PATH", help="where to put the qcow2 (default: the "
                        "cache, ~/.cache/pytest-kvm/distro/)")
+    cmp = sub.add_parser("compare", help="A/B: did B get worse than A? (figures of two runs)",
+                         description="Compare the figures of two runs, per test and figure: "
+                         "medians, relative change of the mean, permutation-test p-value, and "
+                         "a verdict that follows each figure's direction. A and B: an Allure "
+                         "results directory, a JUnit .xml or a kvm-figures.json. Exit status 1 "
+                         "when anything regressed, 2 when the runs cannot be compared.")
+    cmp.add_argument("a", metavar="A", help="the reference run's results")
+    cmp.add_argument("b", metavar="B", help="the run under judgement's results")
+    cmp.add_argument("--alpha", type=float, default=0.01, metavar="P",
+                     help="significance: p below this (default 0.01)")
+    cmp.add_argument("--min-change", type=float, default=5.0, metavar="PCT",
+                     help="smallest relative change of the mean that counts, in %% (default 5)")
+    cmp.add_argument("--out", default="reports/compare", metavar="DIR",
+                     help="where compare.md and compare.json go (default reports/compare)")
     return parser
+
+
+def compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import compare as ab
+    from .figures import FiguresError, load
+
+    if not 0 < args.alpha < 1 or args.min_change < 0:
+        print("compare: --alpha is between 0 and 1, --min-change a percentage >= 0",
+              file=sys.stderr)
+        return 2
+    try:
+        result = ab.compare(load(args.a), load(args.b), args.alpha, args.min_change / 100)
+    except FiguresError as exc:
+        print(f"compare: {exc}", file=sys.stderr)
+        return 2
+    print(ab.table(result))
+    md, js = ab.write(result, Path(args.out))
+    print(f"written: {md}, {js}")
+    return 1 if result.regressions else 0
 
 
 def image(args: argparse.Namespace) -> int:
@@ -89,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "image":
         return image(args)
+    if args.command == "compare":
+        return compare(args)
     try:
         return inventory(args)
     except InventoryError as exc:

@@ -20,6 +20,7 @@ from . import reporting
 from .errors import KvmError
 from .features import nesting
 from .features.migration import address_of
+from .figures import ATTACHMENT_PREFIX, Figure
 from .guest import (
     CloudInit,
     Disk,
@@ -498,12 +499,36 @@ def qmp(guest):
 
 @pytest.fixture
 def kvm_figure(request):
-    """Record a measured figure of this check: ``kvm_figure("downtime_ms", 42)``.
+    """Record a measured figure of this check, one value or several samples, with its unit
+    and which way is better: ``kvm_figure("downtime_ms", [12, 15], unit="ms",
+    better="lower")``.
 
     It becomes a test property and, in ``--junitxml`` output of every ``junit_family``, a
     testsuite property ``<test id>.<name>`` (xunit2 allows no testcase properties, and
-    pytest's ``record_property`` warns there); in Allure, a parameter of the test."""
+    pytest's ``record_property`` warns there) holding every sample as JSON; in Allure, a
+    parameter of the test and a ``figure: <name>`` attachment; in kvm-figures.json, the test's
+    entry. ``python -m pytest_kvm compare`` reads them back."""
+    def record(name: str, value, *, better: str, unit: str = "") -> None:
+        figure = Figure.of(name, value, unit, better)
+        request.node.user_properties.append((name, figure.encoded()))
+        reporting.parameter(name, figure.shown())
+        reporting.attach_json(f"{ATTACHMENT_PREFIX}{name}",
+                              {"test": request.node.nodeid, "name": name, **figure.as_dict()})
+    return record
+
+
+@pytest.fixture
+def kvm_property(request):
+    """Record a descriptive value of this check (a status, a version, a setting): a test
+    property, a JUnit testsuite property ``<test id>.<name>``, an Allure parameter. Not a
+    figure: ``compare`` leaves it out."""
     def record(name: str, value) -> None:
         request.node.user_properties.append((name, value))
         reporting.parameter(name, value)
     return record
+
+
+@pytest.fixture(scope="session")
+def kvm_samples(request) -> int:
+    """How many times a check measures its figures (``--kvm-samples N``, default 1)."""
+    return request.config.getoption("kvm_samples", 1) or 1

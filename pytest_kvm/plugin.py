@@ -6,6 +6,7 @@ fixture is used: it adds nothing to collection and opens no connection on its ow
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ import pytest
 from . import inventory as inv
 from . import remote, reporting
 from .errors import InventoryError, KvmError
+from .figures import FILE_NAME, Figure, RunFigures
 from .fixtures import (  # noqa: F401 - fixtures are registered by being here
     FAILED_KEY,
     NO_INVENTORY,
@@ -29,6 +31,8 @@ from .fixtures import (  # noqa: F401 - fixtures are registered by being here
     kvm_host,
     kvm_migration_tls,
     kvm_pair,
+    kvm_property,
+    kvm_samples,
     kvm_session,
     module_guest_factory,
     qmp,
@@ -55,6 +59,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kvm-keep-failed", action="store_true", default=False,
                     help="keep a failed test's guests running for debugging and print how "
                          "to reach their consoles")
+    group.addoption("--kvm-samples", dest="kvm_samples", metavar="N", type=_positive, default=1,
+                    help="measure each figure N times (N migrations each way per variant, N "
+                         "transfers per device): samples for `python -m pytest_kvm compare`")
+    group.addoption("--kvm-figures", dest="kvm_figures", metavar="PATH", default=None,
+                    help="write every test's figures and outcome as JSON here (default: "
+                         "kvm-figures.json in the Allure results directory)")
+
+
+def _positive(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number of samples, 1 or more")
+    return value
 
 
 def _option_taken(parser: pytest.Parser, name: str) -> bool:
@@ -388,25 +410,45 @@ def _rerun_cause(exc: BaseException | None) -> BaseException | None:
     return None
 
 
-class JunitFigures:
-    """Figures (``kvm_figure``) also as testsuite properties ``<test id>.<name>`` of the JUnit
-    XML: xunit2, pytest's default family, has no testcase properties. A plugin where the
-    reports arrive (the controller under xdist, where a session-scoped fixture cannot write)."""
+class FigureRecorder:
+    """Where the reports arrive (the controller under xdist, where a session-scoped fixture
+    cannot write): every test's figures (``kvm_figure``) and properties also as testsuite
+    properties ``<test id>.<name>`` of the JUnit XML (xunit2, pytest's default family, has no
+    testcase properties), and the run's figures as kvm-figures.json."""
 
-    def __init__(self, xml) -> None:
-        self.xml = xml
+    def __init__(self, xml, path: str | None) -> None:
+        self.xml, self.path = xml, path
+        self.run = RunFigures(path or "")
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call":
+            for _, value in report.user_properties:
+                figure = Figure.decoded(value)
+                if figure is not None:
+                    self.run.add(report.nodeid, figure)
+            if report.nodeid in self.run.tests:
+                self.run.tests[report.nodeid].outcome = report.outcome
         if report.when == "teardown":
             for name, value in report.user_properties:
-                self.xml.add_global_property(f"{report.nodeid}.{name}", value)
+                if self.xml is not None:
+                    self.xml.add_global_property(f"{report.nodeid}.{name}", value)
+
+    def pytest_sessionfinish(self) -> None:
+        if self.path:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            with open(self.path, "w") as out:
+                json.dump(self.run.as_dict(), out, indent=1)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config  # junitxml made its LogXML at configure time
+    if not inventory_path(config) or hasattr(config, "workerinput"):
+        return
     xml = config.stash.get(junit_xml_key, None) if junit_xml_key is not None else None
-    if xml is not None and inventory_path(config) and not hasattr(config, "workerinput"):
-        config.pluginmanager.register(JunitFigures(xml), "kvm-junit-figures")
+    path = config.getoption("kvm_figures", None)
+    if path is None and reporting.active(config):
+        path = os.path.join(config.option.allure_report_dir, FILE_NAME)
+    config.pluginmanager.register(FigureRecorder(xml, path), "kvm-figures")
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -111,6 +111,11 @@ def attach_text(name: str, text: str) -> None:
         allure.attach(text, name=name, attachment_type=allure.attachment_type.TEXT)
 
 
+def attach_json(name: str, data) -> None:
+    if allure is not None:
+        allure.attach(json.dumps(data), name=name, attachment_type=allure.attachment_type.JSON)
+
+
 def parameter(name: str, value) -> None:
     """A figure shown next to the test's attachments (kept out of its history id, so trends
     still join runs whose figures differ)."""

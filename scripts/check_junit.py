@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Checks that a run's JUnit XML (pytest's default family, xunit2) holds every migration's
 figures: for each migration check that ran (``test_measured[...]``), the testsuite
-properties ``<test id>.downtime_ms`` and ``<test id>.guest_gap_ms`` (``hop<k>_...`` for a
-ping-pong's hops), and that pytest's summary line (from the run's output, when given) names
-no warning.
+properties ``<test id>.downtime_ms`` and ``<test id>.guest_gap_ms``, each a figure (JSON:
+unit, direction, a sample per hop), and that pytest's summary line (from the run's output,
+when given) names no warning.
 
     python3 scripts/check_junit.py JUNIT_XML [RUN_OUTPUT]
 
@@ -13,6 +13,7 @@ when not.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import xml.etree.ElementTree as ET
@@ -31,14 +32,19 @@ def problems(junit: str, output: str | None) -> list[str]:
             found.append(f"{case.get('name')}: did not pass")
             continue
         test_id = case.get("name")
+        shown = []
         for figure in FIGURES:
-            names = [n for n in props if n.split("::")[-1].startswith(test_id + ".")
-                     and re.fullmatch(rf"(hop\d+_)?{figure}", n.rsplit(".", 1)[-1])]
-            if not names:
-                found.append(f"{test_id}: no {figure} property")
+            names = [n for n in props if n.split("::")[-1] == f"{test_id}.{figure}"]
+            try:
+                samples = json.loads(props[names[0]])["samples"] if names else None
+            except (ValueError, KeyError, TypeError):
+                samples = None
+            if not samples:
+                found.append(f"{test_id}: no {figure} figure with samples")
             else:
-                print(f"{test_id}: " + ", ".join(f"{n.rsplit('.', 1)[-1]}={props[n]}"
-                                                 for n in sorted(names)))
+                shown.append(f"{figure}={samples}")
+        if shown:
+            print(f"{test_id}: " + ", ".join(shown))
     if not any(c.get("name", "").startswith("test_measured[") for c in root.iter("testcase")):
         found.append("no migration (test_measured) in the run")
     if output is not None:

@@ -2,11 +2,13 @@
 its workload keeps running, and the move is measured.
 
 The workload is a counter in the guest that writes "PKVM-COUNT <n> <pid> <uptime>" five times a
-second to a virtio-serial console and to a file in guest memory. The controller reads the
-console of the source and of the destination at once, so the largest interval between two
-consecutive counter lines around the switch is the gap the guest's service showed (next to
-QMP's downtime). The file, which migrates with the guest, proves continuity: one PID, every
-number once, in order.
+second to a virtio-serial console and to a file in guest memory. The file, which migrates with
+the guest, proves continuity: one PID, every number once, in order. Beside it a heartbeat
+(guest/beacon.c) writes "PKVM-BEAT <n>" to the same console every BEAT_MS milliseconds of guest
+time. The controller reads the console of the source and of the destination at once, both
+connected before the switch, and stamps each line on its own monotonic clock as it arrives:
+the largest interval between consecutive beats around the switch is the gap the guest lived
+through (its clock stops while it is paused), resolved to BEAT_MS, next to QMP's downtime.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ COUNTER = ("sh -c 'i=0; while true; do i=$((i+1)); "
            "echo \"PKVM-COUNT $i $$ $(cut -d\" \" -f1 /proc/uptime)\" | tee -a " + COUNTER_LOG + "; "
            "sleep 0.2; done' > /dev/hvc0 2>/dev/null &")
 LINE_RE = re.compile(r"PKVM-COUNT (\d+) (\d+) ([\d.]+)")
+BEAT_RE = re.compile(r"PKVM-BEAT (\d+)")
+BEAT_MS = 5  # the heartbeat's period: the guest-observed gap's resolution
 # In the background with its output elsewhere: a job that kept the command's output open would
 # keep an exec channel (the guest agent, SSH) waiting for its end.
 DIRTY_FILE = "/dev/shm/dirty"
@@ -65,6 +69,7 @@ class CounterWatch:
 
     def __init__(self) -> None:
         self.lines: list[CounterLine] = []
+        self.beats: list[tuple[float, int, str]] = []  # (arrival, beat number, side)
         self._lock = threading.Lock()
         self._streams = []
 
@@ -85,7 +90,13 @@ class CounterWatch:
                 buf += data
                 *complete, buf = buf.split(b"\n")
                 for raw in complete:
-                    m = LINE_RE.search(raw.decode(errors="replace"))
+                    text = raw.decode(errors="replace")
+                    beat = BEAT_RE.search(text)
+                    if beat:
+                        with self._lock:
+                            self.beats.append((now, int(beat.group(1)), side))
+                        continue
+                    m = LINE_RE.search(text)
                     if m:
                         with self._lock:
                             self.lines.append(CounterLine(int(m.group(1)), int(m.group(2)),
@@ -99,14 +110,27 @@ class CounterWatch:
         wait_until(lambda: sum(1 for line in self.lines if line.side == side) >= count,
                    timeout, f"{count} counter lines on the {side} console", step=0.1)
 
-    def gap(self) -> float:
-        """Largest interval (s) between consecutive lines from the last source line on."""
+    def gap(self, since: float) -> float:
+        """Largest interval (s) between consecutive heartbeats (each counted at its first
+        arrival, from either console) from ``since`` on: the switch and what followed it."""
+        return _largest_interval(self._beats(), since, float("inf"))
+
+    def jitter(self, until: float, span: float = 2.0) -> float:
+        """The same, over the ``span`` seconds before ``until`` (before the migration): how
+        finely this lab and this guest resolve the gap at all."""
+        return _largest_interval(self._beats(), until - span, until)
+
+    def _beats(self) -> list[float]:
         with self._lock:
-            lines = sorted(self.lines, key=lambda x: x.arrived)
-        last_src = max((i for i, x in enumerate(lines) if x.side == "source"), default=0)
-        window = lines[max(0, last_src - 1):]
-        return max((b.arrived - a.arrived for a, b in zip(window, window[1:], strict=False)),
-                   default=0.0)
+            first: dict[int, float] = {}
+            for arrived, number, _ in self.beats:
+                if number not in first or arrived < first[number]:
+                    first[number] = arrived
+        return [first[n] for n in sorted(first)]
+
+    def wait_beats(self, side: str, count: int, timeout: float) -> None:
+        wait_until(lambda: sum(1 for beat in self.beats if beat[2] == side) >= count,
+                   timeout, f"{count} heartbeats on the {side} console", step=0.05)
 
     def close(self) -> None:
         for stream in self._streams:
@@ -114,6 +138,13 @@ class CounterWatch:
                 stream.close()
             except OSError:
                 pass
+
+
+def _largest_interval(arrivals: list[float], start: float, end: float) -> float:
+    """Largest interval between consecutive arrivals (in beat order) whose later one falls in
+    [start, end]."""
+    return max((b - a for a, b in zip(arrivals, arrivals[1:], strict=False)
+                if start <= b <= end), default=0.0)
 
 
 @dataclass
@@ -129,7 +160,8 @@ class Migration:
     setup_time_ms: int = 0
     transferred_bytes: int = 0
     throughput_mbps: float = 0.0
-    guest_gap_ms: int = 0
+    guest_gap_ms: float = 0.0  # the longest interval between heartbeats across the switch
+    beat_jitter_ms: float = 0.0  # the same in the 2 s before the migration: the resolution
     storage: str = "none"
     tls: bool = False
     capabilities: str = ""  # the migration capabilities that were on, e.g. "events,multifd"
@@ -148,6 +180,18 @@ class Migration:
 
     def properties(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "extra"}
+
+
+# The figures of a migration (a sample per hop), with their unit and which way is better; the
+# rest of Migration describes it.
+FIGURES: dict[str, tuple[str, str]] = {
+    "total_time_ms": ("ms", "lower"),
+    "downtime_ms": ("ms", "lower"),
+    "setup_time_ms": ("ms", "lower"),
+    "guest_gap_ms": ("ms", "lower"),
+    "transferred_bytes": ("B", "lower"),
+    "throughput_mbps": ("Mbit/s", "higher"),
+}
 
 
 def start_counter(guest: Guest) -> int:
@@ -548,7 +592,8 @@ def variant_problem(variant: str, hops: list[Migration]) -> str | None:
     checks = {
         "shared-storage": (last.storage == "shared", f"storage was {last.storage}"),
         "copy-storage": (last.storage.startswith("copy"), f"storage was {last.storage}"),
-        "ping-pong": (len(hops) == 3, f"{len(hops)} hops, not 3"),
+        "ping-pong": (len(hops) >= 3 and len(hops) % 2, f"{len(hops)} hops, not 3 or more "
+                      "ending on the peer"),
         "dirty-memory": ("auto-converge" in last.capabilities,
                          f"auto-converge was off ({last.capabilities})"),
         "postcopy": (last.postcopy_active_seen, "the source never reported postcopy-active"),
@@ -577,8 +622,12 @@ class Run:
 
     def __init__(self, variant: str, src: Host, dst: Host, spec: GuestSpec, start: StartGuest,
                  shared_dir: str | None = None, tls: MigrationTls | None = None,
-                 step: Callable[[str], contextlib.AbstractContextManager] | None = None):
+                 step: Callable[[str], contextlib.AbstractContextManager] | None = None,
+                 samples: int = 1):
         self.variant, self.src, self.dst, self.start, self.tls = variant, src, dst, start, tls
+        # hops there (src -> dst), each but the last followed by one back: ping-pong's two
+        # there and one back at least
+        self.forward = max(samples, 2 if variant == "ping-pong" else 1)
         self.step = step or (lambda title: contextlib.nullcontext())
         self.watch = CounterWatch()
         self.watches = [self.watch]  # watch k reads QEMU process k ("source") and k+1
@@ -619,11 +668,12 @@ class Run:
         self.watch.attach(self.guest, "source")
         self.pid = start_counter(self.guest)
         self.stamp = memstamp.start(self.guest)
+        self.beacon = memstamp.start_beacon(self.guest, BEAT_MS)
         self.watch.wait_lines("source", 5, 30)
         self.stamped_before = memstamp.progress(self.guest).generation
         if variant in DIRTYING:
             self.dirtying = start_dirtying(self.guest, DIRTYING[variant])
-        for to_host in ([dst, src, dst] if variant == "ping-pong" else [dst]):
+        for to_host in [dst, src] * (self.forward - 1) + [dst]:
             self.hop(to_host)
         # The load served the migration; left running, it would slow every check after it
         # (seconds per command in a nested guest).
@@ -638,10 +688,14 @@ class Run:
         address = address_of(to_host)
         if self.storage == "copy":
             mirror_storage(source, dest, address, port(), tls=self.tls)
+        self.watch.wait_beats("source", 100, 30)  # a stretch of beats before it
         started = time.monotonic()
+        options = dict(VARIANT_OPTIONS.get(self.variant, {}))
+        limit = source.host.entry.config.migration_max_bandwidth
+        if limit and "postcopy" not in options:  # (postcopy sets its own, so precopy lasts)
+            options["max_bandwidth"] = limit * 1024 * 1024
         with self.step(f"migrate {source.host.name} -> {to_host.name}"):
-            result = migrate(source, dest, address, port(), tls=self.tls,
-                             **VARIANT_OPTIONS.get(self.variant, {}))
+            result = migrate(source, dest, address, port(), tls=self.tls, **options)
         self.windows.append((started, time.monotonic(), f"hop {len(self.hops) + 1}"))
         self.processes.append(to_host.name)
         if self.storage == "copy":
@@ -649,7 +703,9 @@ class Run:
         result.storage = {"copy": "copy (NBD mirror)", "shared": "shared"}[self.storage]
         wait_running(dest)
         self.watch.wait_lines("destination", 3, 30)
-        result.guest_gap_ms = int(self.watch.gap() * 1000)
+        self.watch.wait_beats("destination", 20, 30)
+        result.guest_gap_ms = round(self.watch.gap(started) * 1000, 1)
+        result.beat_jitter_ms = round(self.watch.jitter(started) * 1000, 1)
         self.hops.append(result)
         self.sources.append(source)
         self.source_status = source.qmp.execute("query-status")["status"]
@@ -688,6 +744,16 @@ class Run:
         if self.guest.run(f"kill -0 {self.stamp.pid}", check=False)[0] != 0:
             return f"memstamp (pid {self.stamp.pid}) is no longer running"
         return None
+
+    def figures(self) -> dict[str, list]:
+        """Each figure's samples: one per hop there (src -> dst); the hops back, under
+        ``back_<figure>``."""
+        out: dict[str, list] = {}
+        for i, hop in enumerate(self.hops):
+            prefix = "" if i % 2 == 0 else "back_"
+            for name in FIGURES:
+                out.setdefault(prefix + name, []).append(getattr(hop, name))
+        return out
 
     def counter_samples(self) -> list[tuple[float, int, str]]:
         """The guest's counter across the hops as (arrival, count, QEMU process) — a line

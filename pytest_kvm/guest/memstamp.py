@@ -1,5 +1,9 @@
-"""The memory-integrity program (memstamp.c beside this file): built on the controller, sent
-into a guest through its command channel, run there in the background.
+"""The guest's own small programs (C files beside this one), built on the controller with its
+``cc``, sent into a guest through its command channel and run there in the background:
+memstamp.c, the memory-integrity program, and beacon.c, the millisecond heartbeat a migration's
+guest-observed gap is measured with.
+
+memstamp
 
 It stamps every page of a locked region with a generation number, a pass at a time, and checks
 each page still holds the last generation before it writes the next: a page a migration lost,
@@ -28,11 +32,10 @@ from .qemu import Guest
 
 log = logging.getLogger("pytest_kvm.guest")
 
-SOURCE = "memstamp.c"
 CFLAGS = ("-Os", "-static", "-nostdlib", "-ffreestanding", "-fno-stack-protector", "-fno-pie",
           "-no-pie", "-fno-asynchronous-unwind-tables", "-Wl,--build-id=none", "-Wl,-N",
           "-Wl,--no-warn-rwx-segments", "-s", "-Wall", "-Wextra", "-Werror")
-GUEST_PATH = "/tmp/pkvm-memstamp"
+GUEST_DIR = "/tmp"
 LOG = "/tmp/pkvm-memstamp.log"
 STATUS = "/tmp/pkvm-memstamp.status"
 START_RE = re.compile(r"PKVM-MEM START pid=(\d+) addr=(0x[0-9a-f]+) pages=(\d+)")
@@ -41,11 +44,12 @@ REPORT_RE = re.compile(r"PKVM-MEM (?:BAD|ERROR) .*")  # a bad page; the program'
 CHUNK = 1024  # base64 characters per command (a tty reads at most 4095 per line)
 
 
-def binary() -> bytes:
-    """The program, compiled with the controller's cc (cached by the source's hash)."""
-    source = resources.files(__package__).joinpath(SOURCE).read_bytes()
+def binary(name: str = "memstamp") -> bytes:
+    """Program ``name`` (``name``.c), compiled with the controller's cc (cached by the
+    source's hash)."""
+    source = resources.files(__package__).joinpath(f"{name}.c").read_bytes()
     digest = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
-    out = cache_root() / f"memstamp-{digest}"
+    out = cache_root() / f"{name}-{digest}"
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out) + ".lock", timeout=120):
         if not out.exists():
@@ -55,13 +59,13 @@ def binary() -> bytes:
                 subprocess.run(["cc", *CFLAGS, "-o", f"{out}.tmp", str(src)], check=True,
                                capture_output=True, text=True, timeout=120)
             except FileNotFoundError as exc:
-                raise KvmError("the memory-integrity program needs a C compiler on the "
+                raise KvmError(f"the guest program {name} needs a C compiler on the "
                                "controller: apt-get install gcc (make setup does)") from exc
             except subprocess.CalledProcessError as exc:
-                raise KvmError(f"cc could not build {SOURCE}: {exc.stderr.strip()[-500:]}"
+                raise KvmError(f"cc could not build {name}.c: {exc.stderr.strip()[-500:]}"
                                ) from exc
             Path(f"{out}.tmp").rename(out)
-            log.info("memstamp: built %s (%d bytes)", out, out.stat().st_size)
+            log.info("%s: built %s (%d bytes)", name, out, out.stat().st_size)
     return out.read_bytes()
 
 
@@ -81,26 +85,27 @@ class MemProgress:
     reports: list[str]  # the first bad pages' lines: address, generation, values seen
 
 
-def install(guest: Guest) -> None:
-    """Send the program into the guest (base64 through its command channel), checked by
-    its SHA-256 there."""
-    data = binary()
+def install(guest: Guest, name: str = "memstamp") -> str:
+    """Send program ``name`` into the guest (base64 through its command channel), checked by
+    its SHA-256 there; its path in the guest."""
+    data = binary(name)
+    path = f"{GUEST_DIR}/pkvm-{name}"
     text = base64.b64encode(data).decode()
-    guest.sh(f"rm -f {GUEST_PATH}.b64")
+    guest.sh(f"rm -f {path}.b64")
     for i in range(0, len(text), CHUNK):
-        guest.sh(f"printf %s '{text[i:i + CHUNK]}' >> {GUEST_PATH}.b64")
-    guest.sh(f"base64 -d {GUEST_PATH}.b64 > {GUEST_PATH} && chmod 755 {GUEST_PATH} && "
-             f"rm -f {GUEST_PATH}.b64")
-    seen = guest.sh(f"sha256sum {GUEST_PATH}").split()[0]
+        guest.sh(f"printf %s '{text[i:i + CHUNK]}' >> {path}.b64")
+    guest.sh(f"base64 -d {path}.b64 > {path} && chmod 755 {path} && rm -f {path}.b64")
+    seen = guest.sh(f"sha256sum {path}").split()[0]
     if seen != hashlib.sha256(data).hexdigest():
-        raise KvmError(f"{guest.host.name}/{guest.spec.name}: {GUEST_PATH} arrived damaged "
+        raise KvmError(f"{guest.host.name}/{guest.spec.name}: {path} arrived damaged "
                        f"(sha256 {seen})")
+    return path
 
 
 def start(guest: Guest, pages: int = 256, interval_ms: int = 100) -> MemStamp:
     """Install and start the program over ``pages`` pages, a pass every ``interval_ms``."""
-    install(guest)
-    guest.sh(f"rm -f {LOG} {STATUS}; {GUEST_PATH} {pages} {interval_ms} {STATUS} "
+    path = install(guest)
+    guest.sh(f"rm -f {LOG} {STATUS}; {path} {pages} {interval_ms} {STATUS} "
              f"</dev/null >{LOG} 2>&1 &")
     match = wait_until(lambda: START_RE.search(guest.sh(f"cat {LOG}; true")), 30,
                        f"{guest!r}: memstamp's start line", step=0.2)
@@ -118,3 +123,13 @@ def progress(guest: Guest) -> MemProgress:
         raise KvmError(f"{guest.host.name}/{guest.spec.name}: memstamp wrote no status: "
                        f"{out.strip()[-300:]!r}")
     return MemProgress(int(status.group(1)), int(status.group(2)), REPORT_RE.findall(out))
+
+
+def start_beacon(guest: Guest, interval_ms: int, device: str = "/dev/hvc0") -> int:
+    """Install and start beacon.c: "PKVM-BEAT n" to ``device`` every ``interval_ms`` of guest
+    time; its PID."""
+    path = install(guest, "beacon")
+    pid = int(guest.sh(f"{path} {interval_ms} {device} </dev/null >/dev/null 2>&1 & echo $!"))
+    log.info("%s/%s: beacon pid %d beats every %d ms on %s", guest.host.name, guest.spec.name,
+             pid, interval_ms, device)
+    return pid

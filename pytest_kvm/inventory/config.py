@@ -321,6 +321,9 @@ KEYS: dict[str, Key] = {
     "kvm_migration_tls": Key("migration_tls", _bool, "yes: migrations to and from this host, "
                              "and their NBD storage mirror, use TLS (QEMU tls-creds-x509, a "
                              "per-run CA and certificates; default no)"),
+    "kvm_migration_max_bandwidth": Key("migration_max_bandwidth", _whole(1, " (MiB/s)"),
+                                       "caps the bandwidth of migrations from this host, in "
+                                       "MiB/s (QEMU max-bandwidth; default: QEMU's own)"),
     "kvm_known_hosts": Key("known_hosts", _text, "known_hosts file for host keys (default "
                            "~/.ssh/known_hosts)"),
     "kvm_host_key": Key("host_key", _choice("strict", "accept-new"),
@@ -392,6 +395,7 @@ class HostConfig:
     migration_tls: bool = False
     machine: str | None = None
     migration_cpu: str | None = None
+    migration_max_bandwidth: int | None = None
     guest_kernel: str | None = None
     guest_modules: str | None = None
     guest_image: str | None = None

@@ -12,6 +12,7 @@ hosts, other checks) are refused.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -78,6 +79,12 @@ def _relative(a: float, b: float) -> float:
     return (b - a) / abs(a)
 
 
+def smallest_p(n_a: int, n_b: int) -> float:
+    """The smallest two-sided p-value a permutation test of n_a against n_b samples can give:
+    the two most extreme of all C(n_a + n_b, n_a) splits."""
+    return min(1.0, 2 / math.comb(n_a + n_b, n_a))
+
+
 def p_value(a: list[float], b: list[float], resamples: int = 9999, seed: int = 0) -> float:
     """Two-sided permutation test of the difference of means (exact when the permutations are
     fewer than ``resamples``)."""
@@ -113,8 +120,10 @@ def row(test: str, name: str, fa: Figure | None, fb: Figure | None, alpha: float
         worse = change > 0 if fa.better == "lower" else change < 0
         verdict = REGRESSION if worse else IMPROVEMENT
     note = ""
-    if verdict == SAME and a.n + b.n < 6 and abs(change) >= min_change:
-        note = f"too few samples for p < {alpha:g} (--kvm-samples)"
+    floor = smallest_p(a.n, b.n)
+    if verdict == SAME and abs(change) >= min_change and floor >= alpha:
+        note = (f"too few samples for p < {alpha:g}: {a.n} and {b.n} reach {floor:.3g} at best "
+                "(--kvm-samples)")
     return Row(test, name, fa.unit, fa.better, a, b, change, p, verdict, note)
 
 

@@ -36,18 +36,28 @@ def guest_spec():
 
 # -- virtio-net --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def net(guest):
-    return virtio.net_exchange(guest, *virtio.data_nic(guest))
+def nets(guest, kvm_samples):
+    """The exchange, once per sample (--kvm-samples)."""
+    return [virtio.net_exchange(guest, *virtio.data_nic(guest)) for _ in range(kvm_samples)]
 
 
-def test_net_host_to_guest(net, kvm_figure):
-    kvm_figure("net_host_to_guest_mib_s", round(net.to_guest.mib_per_s, 2))
-    assert net.to_guest.intact, f"{net.to_guest}\n{net.state}"
+@pytest.fixture(scope="module")
+def net(nets):
+    return nets[0]
 
 
-def test_net_guest_to_host(net, kvm_figure):
-    kvm_figure("net_guest_to_host_mib_s", round(net.from_guest.mib_per_s, 2))
-    assert net.from_guest.intact, f"{net.from_guest}\n{net.state}"
+def test_net_host_to_guest(nets, kvm_figure):
+    kvm_figure("net_host_to_guest_mib_s", [round(n.to_guest.mib_per_s, 2) for n in nets],
+               unit="MiB/s", better="higher")
+    for net in nets:
+        assert net.to_guest.intact, f"{net.to_guest}\n{net.state}"
+
+
+def test_net_guest_to_host(nets, kvm_figure):
+    kvm_figure("net_guest_to_host_mib_s", [round(n.from_guest.mib_per_s, 2) for n in nets],
+               unit="MiB/s", better="higher")
+    for net in nets:
+        assert net.from_guest.intact, f"{net.from_guest}\n{net.state}"
 
 
 @pytest.mark.parametrize("counter", ["rx_bytes", "tx_bytes"])
@@ -70,29 +80,38 @@ def test_multiqueue_nic_has_its_queues(guest):
 # -- virtio-blk, virtio-scsi -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def disk_checks(guest):
-    """Each disk's I/O check, made once per guest: (guest, bus) -> virtio.DiskCheck."""
+    """Each disk's I/O checks, made once per guest (and per sample, --kvm-samples):
+    (guest, bus) -> [virtio.DiskCheck]."""
     return {}
 
 
 # The bus is a parameter of each test, not of a module fixture: module parameters would split
 # each host's tests into several runs, and its guest would boot again for each.
 @pytest.fixture(params=["virtio", "scsi"])
-def disk(request, guest, disk_checks):
+def disks(request, guest, disk_checks, kvm_samples):
     if (guest, request.param) not in disk_checks:
         index = virtio.disk_index(guest, request.param)
         device = virtio.disk_of(guest, disk_serial(index))
         assert device, f"no disk with serial {disk_serial(index)} in the guest"
-        disk_checks[guest, request.param] = virtio.disk_check(
-            guest, device, f"disk{index}", guest.disk_file(index))
+        disk_checks[guest, request.param] = [
+            virtio.disk_check(guest, device, f"disk{index}", guest.disk_file(index))
+            for _ in range(kvm_samples)]
     return disk_checks[guest, request.param]
 
 
-def test_disk_reads_back_what_was_written(disk, kvm_figure):
-    kvm_figure("disk_write_mib_s", disk.write_mib_s)
-    kvm_figure("disk_read_mib_s", disk.read_mib_s)
-    assert disk.read_sha == disk.written_sha, (
-        f"/dev/{disk.device}: wrote sha256 {disk.written_sha}, read back {disk.read_sha} "
-        "(O_DIRECT both ways, caches dropped between)")
+@pytest.fixture
+def disk(disks):
+    return disks[0]
+
+
+def test_disk_reads_back_what_was_written(disks, kvm_figure):
+    kvm_figure("disk_write_mib_s", [d.write_mib_s for d in disks], unit="MiB/s",
+               better="higher")
+    kvm_figure("disk_read_mib_s", [d.read_mib_s for d in disks], unit="MiB/s", better="higher")
+    for disk in disks:
+        assert disk.read_sha == disk.written_sha, (
+            f"/dev/{disk.device}: wrote sha256 {disk.written_sha}, read back {disk.read_sha} "
+            "(O_DIRECT both ways, caches dropped between)")
 
 
 def test_disk_size_is_what_qemu_gave(disk):

@@ -139,7 +139,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     for message in inventory.warnings:
         config.issue_config_time_warning(pytest.PytestConfigWarning(message), stacklevel=2)
-    reporting.default_results_dir(config)
+    if not config.getoption("kvm_cleanup"):  # (a cleanup writes no results, and must not
+        reporting.default_results_dir(config)  # empty the last run's: the nightly's after_script)
     owner, worker = _run_identity()
     config.stash[SESSION_KEY] = KvmSession(inventory, owner, worker,
                                            keep_failed=config.getoption("kvm_keep_failed"))

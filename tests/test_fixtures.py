@@ -97,6 +97,19 @@ def test_keep_failed_keeps_the_guest_and_says_how_to_reach_it(suite, rig):
     assert not [d for d in run_dirs(rig) if qemu_of(d)]
 
 
+def test_cleanup_leaves_the_last_runs_results_alone(tmp_path):
+    """The nightly jobs run --kvm-cleanup after the suites: it writes no Allure results and
+    empties none (it once emptied reports/allure-results, the suites' results with it)."""
+    (tmp_path / "hosts.ini").write_text("[lab]\nlocalhost ansible_connection=local\n")
+    kept = tmp_path / "reports" / "allure-results" / "lab" / "x-result.json"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("{}")
+    r = pytest_run(["--hosts", "hosts.ini", "--kvm-cleanup"], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert kept.exists()
+    assert sorted(p.name for p in kept.parent.parent.iterdir()) == ["lab"]
+
+
 def test_cleanup_without_inventory_is_a_usage_error(tmp_path):
     r = pytest_run(["--kvm-cleanup"], tmp_path)
     assert r.returncode == 4 and "--kvm-cleanup needs an inventory" in r.stderr

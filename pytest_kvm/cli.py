@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="smallest relative change of the mean that counts, in %% (default 5)")
     cmp.add_argument("--out", default="reports/compare", metavar="DIR",
                      help="where compare.md and compare.json go (default reports/compare)")
+    cmp.add_argument("--allure-result", metavar="DIR", help="also write the comparison as an "
+                     "Allure result into this results directory (before rendering it)")
+    cmp.add_argument("--name", default="figures", help="the comparison's name in Allure "
+                     "(e.g. the lab's)")
     return parser
 
 
@@ -74,6 +78,8 @@ def compare(args: argparse.Namespace) -> int:
     print(ab.table(result))
     md, js = ab.write(result, Path(args.out))
     print(f"written: {md}, {js}")
+    if args.allure_result:
+        print(f"written: {ab.allure_result(result, Path(args.allure_result), args.name)}")
     return 1 if result.regressions else 0
 
 

@@ -234,3 +234,36 @@ def write(c: Comparison, out: Path) -> tuple[Path, Path]:
     md.write_text(markdown(c))
     js.write_text(json.dumps(as_json(c), indent=1) + "\n")
     return md, js
+
+
+def allure_result(c: Comparison, directory: Path, name: str) -> Path:
+    """The comparison as one Allure result in ``directory`` (a results directory about to be
+    rendered): "A/B: <name>", failed when anything regressed, the Markdown attached, the same
+    history id every night so the report's history and trend join the nights."""
+    import hashlib
+    import time
+    import uuid
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ident = str(uuid.uuid4())
+    attachment = f"{ident}-attachment.md"
+    (directory / attachment).write_text(markdown(c))
+    now = int(time.time() * 1000)
+    history = hashlib.md5(f"pytest-kvm compare {name}".encode()).hexdigest()  # noqa: S324
+    regressions = c.regressions
+    result = {
+        "uuid": ident, "historyId": history, "testCaseId": history,
+        "name": f"A/B: {name} against the last kept run",
+        "fullName": f"pytest_kvm.compare#{name}",
+        "status": "failed" if regressions else "passed", "stage": "finished",
+        "statusDetails": {"message": (f"{len(regressions)} regression(s): " + "; ".join(
+            f"{r.test} {r.figure} {_pct(r.change)}" for r in regressions[:10])
+            if regressions else _summary(c))},
+        "start": now, "stop": now,
+        "labels": [{"name": "feature", "value": "A/B comparison"},
+                   {"name": "parentSuite", "value": name}, {"name": "suite", "value": "compare"}],
+        "attachments": [{"name": "comparison", "source": attachment, "type": "text/markdown"}],
+    }
+    out = directory / f"{ident}-result.json"
+    out.write_text(json.dumps(result, indent=1))
+    return out

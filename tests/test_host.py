@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
+from importlib import resources
 from pathlib import Path
 
 import pytest
 
 from pytest_kvm.errors import KvmError
-from pytest_kvm.host import Host, parse_facts
+from pytest_kvm.host import Host, parse_facts, parse_qmp_replies
 from pytest_kvm.inventory import parse
 from pytest_kvm.transport import for_entry
 
@@ -68,3 +71,24 @@ def test_pci_reads_a_device_as_sysfs_shows_it_now(rig):
     assert not host.pci("0000:7f:1f.7").present
     with pytest.raises(KvmError, match="is not a PCI address"):
         host.pci("0000:00:00.0; reboot")
+
+
+def test_qemu_qmp_answers_in_full_to_a_slow_reader():
+    """remote/qemu-qmp.sh: 25 CPU model expansions (~260 KB of replies) read by a reader that
+    starts late (a loaded host) all arrive; into a pipe, QEMU's quit once cut them at ~57 KB
+    (the pytest-kvm nightly's lab job, under load, read half a reply)."""
+    models = ["486-v1", "Broadwell-v1", "Cascadelake-Server-v1", "Conroe-v1", "EPYC-v1",
+              "EPYC-Rome-v1", "Haswell-v1", "Icelake-Server-v1", "IvyBridge-v1", "Nehalem-v1",
+              "Opteron_G1-v1", "Penryn-v1", "SandyBridge-v1", "Skylake-Client-v1",
+              "Skylake-Server-v1", "Westmere-v1", "athlon-v1", "core2duo-v1", "kvm32-v1",
+              "kvm64-v1", "qemu32-v1", "qemu64-v1", "max", "base", "Cooperlake-v1"]
+    commands = [json.dumps({"execute": "query-cpu-model-expansion",
+                            "arguments": {"type": "full", "model": {"name": m}}})
+                for m in models]
+    script = resources.files("pytest_kvm.remote").joinpath("qemu-qmp.sh")
+    out = subprocess.run(
+        ["sh", "-c", 'sh "$0" qemu-system-x86_64 tcg "$@" | { sleep 3; cat; }', str(script),
+         *commands], capture_output=True, text=True, timeout=120)
+    replies = parse_qmp_replies(out.stdout)
+    assert len(replies) == len(models) + 2, out.stdout[-300:]  # + qmp_capabilities, quit
+    assert [r["model"]["name"] for r in replies[1:-1]] == models

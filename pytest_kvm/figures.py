@@ -193,7 +193,7 @@ def _from_allure(directory: Path) -> RunFigures:
         except ValueError:
             continue
         figures = []
-        for attachment in _attachments(result):
+        for attachment in attachments(result):
             if not attachment.get("name", "").startswith(ATTACHMENT_PREFIX):
                 continue
             source = directory / Path(attachment.get("source", "")).name  # never outside
@@ -213,7 +213,8 @@ def _from_allure(directory: Path) -> RunFigures:
     return run
 
 
-def _attachments(step: dict):
+def attachments(step: dict):
+    """Every attachment of an Allure result (or step), its steps' included."""
     yield from step.get("attachments", [])
     for sub in step.get("steps", []):
-        yield from _attachments(sub)
+        yield from attachments(sub)

@@ -8,6 +8,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from pytest_kvm.figures import attachments
+
 SUITE = """
 def test_measured(kvm_figure, kvm_property):
     kvm_figure("downtime_ms", 42, unit="ms", better="lower")
@@ -64,17 +66,11 @@ def test_figures_are_allure_parameters(suite):
     assert params["guest_gap_ms"]["value"].strip("'") == "310.5, 12, 7 ms; lower is better"
     assert params["downtime_ms"].get("excluded") is True  # trends still join runs
     attached = {a["name"]: json.loads((suite.path / "allure" / a["source"]).read_text())
-                for a in _attachments(result)}
+                for a in attachments(result)}
     assert attached["figure: throughput_mbps"] == {
         "test": "test_it.py::test_measured", "name": "throughput_mbps", "unit": "Mbit/s",
         "better": "higher", "samples": [900.0]}
     assert (suite.path / "allure" / "kvm-figures.json").exists()  # beside the results
-
-
-def _attachments(step: dict):
-    yield from step.get("attachments", [])
-    for sub in step.get("steps", []):
-        yield from _attachments(sub)
 
 
 @pytest.mark.parametrize("call, message", [

@@ -402,10 +402,12 @@ def kvm_pair(request, kvm_session):
 
 @pytest.fixture(scope="module")
 def kvm_migration_tls(kvm_pair):
-    """TLS credentials for the pair's migrations (a per-run CA and certificates) when either
-    host says ``kvm_migration_tls=yes``; else None."""
+    """TLS credentials for the pair's migrations (a per-run CA and certificates), unless both
+    hosts say ``kvm_migration_tls=no`` (plain TCP) or the pair is one host (a unix socket in
+    the private run dir needs none); else None."""
     src, dst = kvm_pair
-    if not (src.entry.config.migration_tls or dst.entry.config.migration_tls):
+    if src is dst or (src.entry.config.migration_tls is False
+                      and dst.entry.config.migration_tls is False):
         yield None
         return
     from .features.migration import MigrationTls

@@ -170,9 +170,14 @@ def test_the_variant_is_what_it_says(migrated):
     assert problem is None, problem
 
 
-def test_tls_where_the_inventory_asks(migrated):
-    """kvm_migration_tls=yes: every hop went over TLS, and the destination QEMU requires it."""
-    wanted = migrated.tls is not None
-    assert [hop.tls for hop in migrated.hops] == [wanted] * len(migrated.hops)
+def test_streams_are_authenticated(migrated):
+    """Every hop's stream (and its NBD mirror) went over a unix socket in the private run dir
+    on one host, over TLS between two (the destination QEMU requires it), plain TCP only
+    where both hosts' inventory says kvm_migration_tls=no."""
+    plain = all(h.entry.config.migration_tls is False for h in (migrated.src, migrated.dst))
+    wanted = "unix" if migrated.src is migrated.dst else "tcp" if plain else "tls"
+    assert [hop.stream for hop in migrated.hops] == [wanted] * len(migrated.hops)
     creds = migrated.guest.qmp.execute("query-migrate-parameters").get("tls-creds", "")
-    assert creds == ("tls0" if wanted else "")
+    assert creds == ("tls0" if wanted == "tls" else "")
+
+

@@ -3,9 +3,9 @@ over their veth and bridge only), a destination killed mid-way, and the timeout 
 
 from __future__ import annotations
 
-import random
 import re
 import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -134,8 +134,8 @@ def test_destination_killed_mid_migration(session, hosts):
 
         def run():
             try:
-                mig.migrate(src, dst, mig.address_of(hosts[1]),
-                            random.randrange(40000, 60000), timeout=60, max_bandwidth=2_000_000)
+                mig.migrate(src, dst, mig.stream_to(hosts[0], dst, None, "migrate"), timeout=60,
+                            max_bandwidth=2_000_000)
             except mig.MigrationError as exc:
                 errors.append(str(exc))
 
@@ -158,8 +158,8 @@ def test_timeout_cancels_and_says_so(session, hosts):
     try:
         mig.start_dirtying(src, 32)
         with pytest.raises(mig.MigrationError, match=r"did not converge within 3 s: still"):
-            mig.migrate(src, dst, mig.address_of(hosts[1]), random.randrange(40000, 60000),
-                        timeout=3, max_bandwidth=1_000_000)
+            mig.migrate(src, dst, mig.stream_to(hosts[0], dst, None, "migrate"), timeout=3,
+                        max_bandwidth=1_000_000)
         wait_until(lambda: src.qmp.execute("query-migrate").get("status") in (
             "cancelled", "failed"), 30, "the migration cancelled", step=0.2)
         assert src.qmp.execute("query-status")["status"] == "running"
@@ -168,18 +168,22 @@ def test_timeout_cancels_and_says_so(session, hosts):
         src.stop()
 
 
-def test_tls_migration_and_mirror_between_namespaced_hosts(rig, tmp_path):
-    """kvm_migration_tls=yes: the suite's shared- and copy-storage variants over TLS."""
+def test_plain_tcp_only_where_both_hosts_ask_for_it(rig, tmp_path):
+    """TLS is the default between hosts (the both-ways test above runs over it); with
+    kvm_migration_tls=no on both, the shared- and copy-storage variants go plain, and say so."""
     shutil.copy(Path(__file__).parent.parent / "suites" / "test_migration.py", tmp_path)
     (tmp_path / "hosts.ini").write_text(rig.inventory(
-        extra=f"kvm_shared_storage={rig.dir}/shared\nkvm_migration_tls=yes",
+        extra=f"kvm_shared_storage={rig.dir}/shared\nkvm_migration_tls=no",
         host_vars={"host1": {"kvm_migration_peer": "host2"},
                    "host2": {"kvm_suites": "virtio"}}))
     (Path(rig.dir) / "shared").mkdir(exist_ok=True)
-    r = pytest_run(["--hosts", "hosts.ini", "-v", "-k", "shared or copy"], tmp_path, timeout=600)
+    r = pytest_run(["--hosts", "hosts.ini", "-v", "-k", "shared or copy", "-o",
+                    "log_cli=true", "-o", "log_cli_level=WARNING"], tmp_path, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:]
-    assert "test_tls_where_the_inventory_asks[host1-to-host2-copy-storage] PASSED" in r.stdout
-    assert "test_disk_contents_moved[host1-to-host2-copy-storage] PASSED" in r.stdout
+    for variant in ("shared-storage", "copy-storage"):
+        assert (f"test_streams_are_authenticated[host1-to-host2-{variant}] PASSED"
+                in r.stdout)
+    assert "host1 -> host2: the nbd stream is plain TCP, unauthenticated" in r.stdout
 
 
 def test_a_source_without_tls_cannot_migrate_to_a_tls_destination(session, hosts):
@@ -191,13 +195,72 @@ def test_a_source_without_tls_cannot_migrate_to_a_tls_destination(session, hosts
     try:
         mig._tls_creds(dst, tls, "server")
         dst.qmp.execute("migrate-set-parameters", tls_creds="tls0")
-        port = random.randrange(40000, 60000)
         with pytest.raises(mig.MigrationError, match="ended 'failed'"):
-            mig.migrate(src, dst, mig.address_of(h2), port, timeout=60)
+            mig.migrate(src, dst, mig.stream_to(h1, dst, None, "migrate"), timeout=60)
     finally:
         for g in (src, dst):
             g.stop()
         tls.close()
+
+
+def _nobody_lists(*argv: str) -> subprocess.CompletedProcess:
+    """The real `nobody`, another user of the controller and the lab network, asks an NBD
+    server for its exports."""
+    return subprocess.run(["runuser", "-u", "nobody", "--", "qemu-nbd", "--list", *argv],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_another_user_cannot_reach_the_nbd_export_of_a_migration(session, hosts):
+    """The copy-storage mirror's NBD server (the guest's disk, writable): between two hosts
+    over TLS nobody gets past the handshake (plain TCP, kvm_migration_tls=no, lists the
+    export to them: the attack); on one host a unix socket in the private run dir, which
+    nobody cannot even reach while its owner can."""
+    h1, h2 = hosts
+    tls = mig.MigrationTls([mig.address_of(h2)])
+    guests = [session.start_guest(h, SPEC.with_(incoming="defer"), f"nbd-{i}", wait=False)
+              for i, h in enumerate((h2, h2, h1))]
+    try:
+        for guest, with_tls in ((guests[0], tls), (guests[1], None)):
+            stream = mig.stream_to(h1, guest, with_tls, "nbd")
+            assert stream.kind == ("tls" if with_tls else "tcp")
+            export = mig.serve_nbd(guest, stream)
+            seen = _nobody_lists(f"--bind={stream.address}", f"--port={stream.port}")
+            if with_tls:
+                assert seen.returncode != 0 and export not in seen.stdout, seen
+                assert "TLS" in seen.stderr, seen.stderr
+            else:
+                assert seen.returncode == 0 and export in seen.stdout, seen
+        stream = mig.stream_to(h1, guests[2], tls, "nbd")
+        assert stream.kind == "unix" and stream.path.startswith(h1.workdir + "/")
+        export = mig.serve_nbd(guests[2], stream)
+        seen = _nobody_lists(f"--socket={stream.path}")
+        assert seen.returncode != 0 and "Permission denied" in seen.stderr, seen
+        mine = subprocess.run(["qemu-nbd", "--list", f"--socket={stream.path}"],
+                              capture_output=True, text=True, timeout=60)
+        assert export in mine.stdout, mine
+    finally:
+        for g in guests:
+            g.stop()
+        tls.close()
+
+
+def test_another_user_cannot_reach_a_migration_socket_on_one_host(session, hosts):
+    """Two QEMUs on one host migrate over a unix socket in the run dir: the real `nobody`
+    cannot connect to it (a TCP port on the host would have taken their stream)."""
+    h1 = hosts[0]
+    dst = session.start_guest(h1, SPEC.with_(incoming="defer"), "unix-dst", wait=False)
+    try:
+        stream = mig.stream_to(h1, dst, None, "migrate")
+        dst.qmp.execute("migrate-incoming", uri=stream.uri())
+        connect = ["python3", "-c", "import socket, sys; s = socket.socket(socket.AF_UNIX); "
+                   "s.connect(sys.argv[1]); s.sendall(b'QEVM')", stream.path]
+        seen = subprocess.run(["runuser", "-u", "nobody", "--", *connect],
+                              capture_output=True, text=True, timeout=60)
+        assert seen.returncode != 0 and "PermissionError" in seen.stderr, seen
+        assert h1.run(["test", "-S", stream.path]).ok  # (listening, for its owner)
+        assert dst.qmp.execute("query-status")["status"] == "inmigrate"
+    finally:
+        dst.stop()
 
 
 def test_the_counter_log_reads_on_from_a_line_and_still_shows_a_reset(session, hosts):

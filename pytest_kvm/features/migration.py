@@ -163,7 +163,7 @@ class Migration:
     guest_gap_ms: float = 0.0  # the longest interval between heartbeats across the switch
     beat_jitter_ms: float = 0.0  # the same in the 2 s before the migration: the resolution
     storage: str = "none"
-    tls: bool = False
+    stream: str = ""  # how the stream went: "unix" (same host), "tls" or "tcp" (unauthenticated)
     capabilities: str = ""  # the migration capabilities that were on, e.g. "events,multifd"
     postcopy_active_seen: bool = False  # the source went through postcopy-active
     postcopy_requests: int = 0  # pages the destination faulted in from the source
@@ -228,20 +228,54 @@ def stop_dirtying(guest: Guest, pid: int) -> None:
              f"rm -f {DIRTY_FILE}; ! kill -0 {pid} 2>/dev/null")
 
 
-def listen_uri(address: str, port: int) -> str:
-    return f"tcp:{address}:{port}"
+@dataclass(frozen=True)
+class Stream:
+    """Where a migration (or NBD) stream goes, and how it is authenticated.
+
+    ``unix``: a socket in the destination guest's run dir (the private work dir: only the
+    connecting user and root can reach it), for two QEMUs on one host. ``tls``: TCP on the
+    destination's migration address with the run's x509 credentials, peers verified both ways.
+    ``tcp``: plain TCP, unauthenticated (anyone who reaches the port can feed the destination a
+    stream): only when both hosts' inventory says ``kvm_migration_tls=no``."""
+
+    kind: str
+    address: str = ""
+    port: int = 0
+    path: str = ""
+    tls: MigrationTls | None = None
+
+    def uri(self) -> str:
+        return f"unix:{self.path}" if self.kind == "unix" else f"tcp:{self.address}:{self.port}"
+
+    def socket(self) -> dict:
+        """QMP's SocketAddress (flat form) of the listening end."""
+        if self.kind == "unix":
+            return {"type": "unix", "path": self.path}
+        return {"type": "inet", "host": self.address, "port": str(self.port)}
+
+
+def stream_to(source: Host, destination: Guest, tls: MigrationTls | None, name: str) -> Stream:
+    """The stream from ``source`` to the ``destination`` guest's QEMU: a unix socket named
+    ``name`` in its run dir on one host; else TLS with ``tls``, or plain TCP without."""
+    if source.name == destination.host.name:
+        return Stream("unix", path=f"{destination.rundir}/{name}.sock")
+    kind = "tls" if tls is not None else "tcp"
+    if tls is None:
+        log.warning("%s -> %s: the %s stream is plain TCP, unauthenticated "
+                    "(kvm_migration_tls=no on both)", source.name, destination.host.name, name)
+    return Stream(kind, address=address_of(destination.host), port=port(), tls=tls)
 
 
 POSTCOPY_AFTER = 4 * 1024 * 1024  # precopy bytes sent before the switch to postcopy
 POSTCOPY_PRECOPY_BANDWIDTH = 16 * 1024 * 1024  # bytes/s: precopy cannot finish first
 
 
-def migrate(source: Guest, destination: Guest, address: str, port: int, *,
+def migrate(source: Guest, destination: Guest, stream: Stream, *,
             timeout: float = 120.0, auto_converge: bool = False,
-            max_bandwidth: int | None = None, tls: MigrationTls | None = None,
-            postcopy: bool = False, multifd_channels: int = 0,
+            max_bandwidth: int | None = None, postcopy: bool = False, multifd_channels: int = 0,
             xbzrle_cache: int = 0) -> Migration:
-    """Migrate over QMP: the destination listens (migrate-incoming), the source sends.
+    """Migrate over QMP: the destination listens (migrate-incoming on ``stream``), the source
+    sends.
 
     ``postcopy``: start in precopy (bandwidth-limited, so it cannot finish on its own), switch
     with migrate-start-postcopy once some RAM went, then pages are pulled by the destination.
@@ -255,13 +289,13 @@ def migrate(source: Guest, destination: Guest, address: str, port: int, *,
                        machine=source.spec.machine, cpu=source.spec.cpu or "",
                        source_qemu=source.host.facts.qemu_version,
                        destination_qemu=destination.host.facts.qemu_version)
-    uri = listen_uri(address, port)
-    if tls is not None:  # both ends must agree, or the migration fails
+    uri = stream.uri()
+    if stream.tls is not None:  # both ends must agree, or the migration fails
         for guest, endpoint in ((destination, "server"), (source, "client")):
-            creds = _tls_creds(guest, tls, endpoint)
+            creds = _tls_creds(guest, stream.tls, endpoint)
             params = {"tls_creds": creds}
             if endpoint == "client":
-                params["tls_hostname"] = address
+                params["tls_hostname"] = stream.address
             guest.qmp.execute("migrate-set-parameters", **params)
     both = {"postcopy-ram": postcopy, "multifd": multifd_channels > 0}  # on both ends
     caps = {"events": True, "auto-converge": auto_converge, "xbzrle": xbzrle_cache > 0, **both}
@@ -327,7 +361,7 @@ def migrate(source: Guest, destination: Guest, address: str, port: int, *,
     ram = info.get("ram", {})
     destination.follow(source)  # the guest (its agent, sshd or login) moved with it
     result.status = status
-    result.tls = tls is not None
+    result.stream = stream.kind
     result.total_time_ms = int(info.get("total-time", 0))
     result.downtime_ms = int(info.get("downtime", 0))
     result.setup_time_ms = int(info.get("setup-time", 0))
@@ -448,29 +482,34 @@ def _tls_creds(guest: Guest, tls: MigrationTls, endpoint: str) -> str:
     return MigrationTls.CREDS
 
 
-def mirror_storage(source: Guest, destination: Guest, address: str, port: int,
-                   node: str = "disk0", timeout: float = 300.0,
-                   tls: MigrationTls | None = None) -> None:
-    """Copy the source's top disk layer into the destination's disk over NBD (as libvirt's
-    copy-storage does); returns once the mirror is ready (in sync)."""
-    import secrets
-
-    # The server listens on the migration address only, and the export has a name nobody can
-    # guess (another user of the network cannot write into the guest's disk by name).
+def serve_nbd(destination: Guest, stream: Stream, node: str = "disk0") -> str:
+    """Export the destination's disk ``node`` writable over NBD on ``stream`` (a unix socket in
+    the run dir, or TLS: QEMU lists its exports to anyone who connects, so a name alone
+    protects nothing); returns the export's name."""
     export = f"pytest-kvm-{secrets.token_hex(12)}"
-    server: dict = {}
-    client: dict = {}
-    if tls is not None:
-        server["tls_creds"] = _tls_creds(destination, tls, "server")
-        client = {"tls_creds": _tls_creds(source, tls, "client"), "tls_hostname": address}
-    destination.qmp.execute("nbd-server-start",
-                            addr={"type": "inet", "data": {"host": address, "port": str(port)}},
-                            **server)
+    server = {}
+    if stream.tls is not None:
+        server["tls_creds"] = _tls_creds(destination, stream.tls, "server")
+    addr = stream.socket()
+    destination.qmp.execute("nbd-server-start", addr={
+        "type": addr["type"], "data": {k: v for k, v in addr.items() if k != "type"}}, **server)
     destination.qmp.execute("block-export-add", type="nbd", id="mig-" + node, node_name=node,
                             name=export, writable=True)
+    log.info("%s: NBD export of %s on %s", destination.host.name, node, stream.uri())
+    return export
+
+
+def mirror_storage(source: Guest, destination: Guest, stream: Stream,
+                   node: str = "disk0", timeout: float = 300.0) -> None:
+    """Copy the source's top disk layer into the destination's disk over NBD (as libvirt's
+    copy-storage does); returns once the mirror is ready (in sync)."""
+    export = serve_nbd(destination, stream, node)
+    client: dict = {}
+    if stream.tls is not None:
+        client = {"tls_creds": _tls_creds(source, stream.tls, "client"),
+                  "tls_hostname": stream.address}
     source.qmp.execute("blockdev-add", driver="nbd", node_name="mirror-" + node,
-                       server={"type": "inet", "host": address, "port": str(port)},
-                       export=export, **client)
+                       server=stream.socket(), export=export, **client)
     source.qmp.execute("blockdev-mirror", job_id="mirror-" + node, device=node,
                        target="mirror-" + node, sync="top")
     source.qmp.event("BLOCK_JOB_READY", timeout=timeout)
@@ -685,9 +724,8 @@ class Run:
         source = self.guest
         dest = self.start(self.spec.with_(incoming="defer"), host=to_host, wait=False)
         self.watch.attach(dest, "destination")
-        address = address_of(to_host)
         if self.storage == "copy":
-            mirror_storage(source, dest, address, port(), tls=self.tls)
+            mirror_storage(source, dest, stream_to(source.host, dest, self.tls, "nbd"))
         self.watch.wait_beats("source", 100, 30)  # a stretch of beats before it
         started = time.monotonic()
         options = dict(VARIANT_OPTIONS.get(self.variant, {}))
@@ -695,7 +733,8 @@ class Run:
         if limit and "postcopy" not in options:  # (postcopy sets its own, so precopy lasts)
             options["max_bandwidth"] = limit * 1024 * 1024
         with self.step(f"migrate {source.host.name} -> {to_host.name}"):
-            result = migrate(source, dest, address, port(), tls=self.tls, **options)
+            result = migrate(source, dest, stream_to(source.host, dest, self.tls, "migrate"),
+                             **options)
         self.windows.append((started, time.monotonic(), f"hop {len(self.hops) + 1}"))
         self.processes.append(to_host.name)
         if self.storage == "copy":

@@ -318,9 +318,11 @@ KEYS: dict[str, Key] = {
     "kvm_migration_cpu": Key("migration_cpu", _qemu_name, "CPU model of migrating guests, "
                              "pinned (default: the named model both QEMUs of a pair run with "
                              "every feature that has the most features)"),
-    "kvm_migration_tls": Key("migration_tls", _bool, "yes: migrations to and from this host, "
-                             "and their NBD storage mirror, use TLS (QEMU tls-creds-x509, a "
-                             "per-run CA and certificates; default no)"),
+    "kvm_migration_tls": Key("migration_tls", _bool, "migrations between two hosts, and their "
+                             "NBD storage mirror, go over TLS (QEMU tls-creds-x509, a per-run "
+                             "CA and certificates, peers verified; default yes); no on both "
+                             "hosts of a pair: plain TCP, UNSAFE (anyone reaching the port can "
+                             "feed the destination a stream or write into the disk)"),
     "kvm_migration_max_bandwidth": Key("migration_max_bandwidth", _whole(1, " (MiB/s)"),
                                        "caps the bandwidth of migrations from this host, in "
                                        "MiB/s (QEMU max-bandwidth; default: QEMU's own)"),
@@ -392,7 +394,7 @@ class HostConfig:
     suites: tuple[str, ...] = SUITES
     migration_peer: str | None = None
     migration_address: str | None = None
-    migration_tls: bool = False
+    migration_tls: bool | None = None  # None: not said (TLS)
     machine: str | None = None
     migration_cpu: str | None = None
     migration_max_bandwidth: int | None = None

@@ -1,6 +1,14 @@
 """Exceptions shared by every layer. Each carries a one-line message meant for the user."""
 
 
+def printable(text: str, keep: str = "") -> str:
+    """``text`` with control characters (and any other unprintable ones) escaped as Python
+    writes them (``\\x1b``, ``\\n``): what a host or a guest printed, shown to a person or in a
+    report, cannot drive their terminal. ``keep``: characters left as they are (e.g. newline
+    in a multi-line log)."""
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
+
+
 class KvmError(Exception):
     """Base class for every error pytest-kvm raises on purpose."""
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import remote
-from .errors import CommandTimeout, KvmError, TransportError
+from .errors import CommandTimeout, KvmError, TransportError, printable
 from .inventory import HostEntry
 from .transport import Transport, forwarded
 
@@ -336,6 +336,9 @@ def replay(host: Host, journal_file: str) -> list[str]:
         what = str(record.get("what", "?"))[:200]
         try:
             argv = undo_argv(record["op"], record.get("args"))
+            if not host.names_device(record["args"][0]):
+                raise JournalError(f"{record['args'][0]} is not a device the inventory names "
+                                   f"for {host.name} (nor a VF of one)")
         except JournalError as exc:
             log.warning("%s: %s: refused: %s", host.name, journal_file, exc)
             undone.append(f"{what}: REFUSED ({exc})")
@@ -408,6 +411,15 @@ class Host:
         """Every PCI address the inventory lets the suites touch on this host."""
         return tuple(sorted(set(self.entry.config.passthrough)
                             | set(self.entry.config.sriov_pf)))
+
+    def names_device(self, bdf: str) -> bool:
+        """Whether the inventory lets pytest-kvm touch the PCI function ``bdf`` (a checked
+        address): named, or a VF of a named PF (as sysfs says now)."""
+        if bdf in self.named_devices:
+            return True
+        r = self.run(["readlink", "--", f"/sys/bus/pci/devices/{bdf}/physfn"], check=False,
+                     timeout=30)
+        return r.ok and r.stdout.strip().rsplit("/", 1)[-1] in self.named_devices
 
     @functools.cached_property
     def facts(self) -> Facts:
@@ -497,15 +509,21 @@ class Host:
             self.transport.workdir = rest
             return rest
         shown = wanted or "the default work dir (/var/tmp/pytest-kvm-<uid>)"
+        fix = ("remove it (what another user left inside would stay if you made it yours), "
+               "or set kvm_workdir to a directory only you can write")
         if word == "unsafe":
             path, uid, mode = (rest.rsplit(" ", 2) + ["?", "?"])[:3]
             raise UnsafeWorkdir(
-                f"{self.name}: work dir {shown} is not safe: {path} belongs to uid {uid} with "
-                f"mode {mode}, so another user could plant files that pytest-kvm would run as "
-                f"root; remove it or make it yours and not group/world-writable (chmod go-w), "
-                f"or set kvm_workdir to a directory only you can write")
+                f"{self.name}: work dir {shown} is not safe: {printable(path)} belongs to uid "
+                f"{uid} with mode {mode}, so another user could plant files that pytest-kvm "
+                f"would run as root; {fix}")
+        if word == "planted":
+            raise UnsafeWorkdir(
+                f"{self.name}: work dir {shown} is not safe: it holds {printable(rest)}, which is "
+                f"another user's, a link, or writable by others (pytest-kvm makes none of "
+                f"those); {fix}")
         raise UnsafeWorkdir(f"{self.name}: cannot use work dir {shown}: "
-                            f"{(rest or r.stderr).strip()[:200]}")
+                            f"{printable((rest or r.stderr).strip()[:200])}")
 
     def put_cached(self, local: str) -> str:
         self.workdir  # noqa: B018 - checked before anything is cached there

@@ -96,11 +96,35 @@ def test_a_work_dir_another_user_could_write_is_refused(rig, tmp_path, shared, h
     assert cleanup.returncode == 1
     assert f"host1: NOT CLEANED: host1: work dir {workdir} is not safe: {culprit} belongs " \
            "to uid 65534" in cleanup.stdout, cleanup.stdout
+    assert "remove it (what another user left inside" in cleanup.stdout
+    assert "make it yours and" not in cleanup.stdout
     assert run.returncode == 1 and "2 errors" in run.stdout, run.stdout
     assert f"work dir {workdir} is not safe" in run.stdout
     # what nobody planted is still there, untouched (no sweep, no replay)
     assert os.path.exists(os.path.join(workdir, "journal", "evil0001-main.log"))
     assert os.path.exists(os.path.join(workdir, "run", "r1-1", "owner"))
+
+
+def test_a_work_dir_made_yours_still_refuses_what_another_user_planted_inside(rig, tmp_path,
+                                                                             shared):
+    """The old advice ("make it yours") adopted a work dir with nobody's journal and run dir
+    still inside: every entry is checked, and the fix says to remove it."""
+    marker = os.path.join(shared, "pwned")
+    workdir = os.path.join(shared, "work")
+    as_nobody("mkdir", workdir)
+    plant(workdir, marker)
+    os.chown(workdir, 0, 0)
+    os.chmod(workdir, 0o700)
+    write_inventory(rig, tmp_path / "hosts.ini", workdir)
+    (tmp_path / "test_it.py").write_text("def test_x(kvm_host):\n    pass\n")
+    cleanup = pytest_run(["--hosts", "hosts.ini", "--kvm-cleanup"], tmp_path)
+    run = pytest_run(["--hosts", "hosts.ini", "-q", "-rE"], tmp_path)
+    assert not os.path.exists(marker), "a planted journal ran"
+    assert cleanup.returncode == 1, cleanup.stdout
+    assert f"work dir {workdir} is not safe: it holds {workdir}/" in cleanup.stdout
+    assert "remove it (what another user left inside would stay" in cleanup.stdout
+    assert run.returncode == 1 and "2 errors" in run.stdout, run.stdout
+    assert os.path.exists(os.path.join(workdir, "journal", "evil0001-main.log"))
 
 
 @pytest.fixture
@@ -131,12 +155,15 @@ def test_a_journal_is_replayed_only_as_the_undo_operations_pytest_kvm_writes(hos
                          "args": ["0000:01:00.0; touch x", "", "(null)"]}),
              json.dumps({"id": 4, "what": "path", "op": "undo-sriov-pf",
                          "args": ["../../../tmp", "0", "1"]}),
+             json.dumps({"id": 5, "what": "unnamed", "op": "undo-pci-driver",
+                         "args": ["0000:7f:1f.7", "e1000e", "(null)"]}),
              "not json at all"]
     host1.run(["sh", "-c", 'mkdir -p "${0%/*}" && printf "%s\\n" "$@" > "$0"', journal, *lines])
     undone = replay(host1, journal)
     assert not marker.exists()
-    assert [u.split(":")[0] for u in undone] == ["path", "bad arg", "shell"]
-    assert all("REFUSED (not an undo operation pytest-kvm writes" in u for u in undone)
+    assert [u.split(":")[0] for u in undone] == ["unnamed", "path", "bad arg", "shell"]
+    assert "REFUSED (0000:7f:1f.7 is not a device the inventory names for host1" in undone[0]
+    assert all("REFUSED (not an undo operation pytest-kvm writes" in u for u in undone[1:])
     assert not host1.run(["test", "-e", journal], check=False).ok  # the journal is gone
     with pytest.raises(JournalError):
         undo_argv("undo-pci-driver", ["0000:01:00.0", "e1000e$(id)", "(null)"])

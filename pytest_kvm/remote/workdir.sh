@@ -3,8 +3,11 @@
 # $1: the work dir (absolute), or "" for the default /var/tmp/pytest-kvm-<uid>.
 # It and every directory above it (the path as given and as resolved) must be owned by the
 # connecting user or root and writable by nobody else; a root-owned sticky directory above
-# it (/tmp, /var/tmp) may be world-writable. Prints "ok <resolved path>", or
-# "unsafe <path> <owner uid> <mode>" / "error <reason>" and exits 1.
+# it (/tmp, /var/tmp) may be world-writable. Every entry inside it (on its file system) must
+# be the connecting user's or root's, not a symbolic link, and writable by nobody else (a
+# socket aside): what another user planted there before it was safe is refused, not used.
+# Prints "ok <resolved path>", or "unsafe <path> <owner uid> <mode>" /
+# "planted <path>" / "error <reason>" and exits 1.
 set -u
 me=$(id -u)
 dir=${1:-/var/tmp/pytest-kvm-$me}
@@ -54,4 +57,7 @@ walk "$dir" 1
 real=$(readlink -f -- "$dir") || { echo "error cannot resolve $dir"; exit 1; }
 [ -d "$real" ] || { echo "error $dir is not a directory"; exit 1; }
 [ "$real" = "$dir" ] || walk "$real" 1
+planted=$(find "$real" -xdev -mindepth 1 \( \( ! -user "$me" ! -user 0 \) -o -type l -o \
+  \( ! -type s \( -perm -0002 -o -perm -0020 \) \) \) -print 2>/dev/null | head -n 1)
+[ -z "$planted" ] || { echo "planted $planted"; exit 1; }
 echo "ok $real"

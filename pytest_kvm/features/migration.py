@@ -290,13 +290,16 @@ def migrate(source: Guest, destination: Guest, stream: Stream, *,
                        source_qemu=source.host.facts.qemu_version,
                        destination_qemu=destination.host.facts.qemu_version)
     uri = stream.uri()
-    if stream.tls is not None:  # both ends must agree, or the migration fails
-        for guest, endpoint in ((destination, "server"), (source, "client")):
-            creds = _tls_creds(guest, stream.tls, endpoint)
-            params = {"tls_creds": creds}
+    for guest, endpoint in ((destination, "server"), (source, "client")):
+        # both ends must agree, or the migration fails; a guest that went over TLS before
+        # (its last hop) and goes plain now has its credentials unset
+        if stream.tls is not None:
+            params = {"tls_creds": _tls_creds(guest, stream.tls, endpoint)}
             if endpoint == "client":
                 params["tls_hostname"] = stream.address
             guest.qmp.execute("migrate-set-parameters", **params)
+        elif getattr(guest, "_tls_endpoint", None) is not None:
+            guest.qmp.execute("migrate-set-parameters", tls_creds="")
     both = {"postcopy-ram": postcopy, "multifd": multifd_channels > 0}  # on both ends
     caps = {"events": True, "auto-converge": auto_converge, "xbzrle": xbzrle_cache > 0, **both}
     for guest, wanted in ((source, caps), (destination, both)):
@@ -453,6 +456,9 @@ def shared_storage(src: Host, dst: Host) -> tuple[str | None, str | None]:
         src.run(["mkdir", "-p", path])
     if path is None:
         return None, f"{src.name}, {dst.name}: no kvm_shared_storage in the inventory"
+    problem = src.shared_dir_problem(path) or dst.shared_dir_problem(path)
+    if problem:
+        return None, problem
     problem = shared_storage_works(src, dst, path)
     return (None, problem) if problem else (path, None)
 
@@ -475,8 +481,12 @@ def shared_storage_works(src: Host, dst: Host, path: str) -> str | None:
 
 
 def _tls_creds(guest: Guest, tls: MigrationTls, endpoint: str) -> str:
-    """The guest's TLS credentials object, added once."""
-    if getattr(guest, "_tls_endpoint", None) != endpoint:
+    """The guest's TLS credentials object for ``endpoint``, added once (a destination that
+    becomes a source, as in ping-pong, trades its server credentials for client ones)."""
+    held = getattr(guest, "_tls_endpoint", None)
+    if held != endpoint:
+        if held is not None:
+            guest.qmp.execute("object-del", id=MigrationTls.CREDS)
         tls.install(guest, endpoint)
         guest._tls_endpoint = endpoint  # noqa: SLF001 - remembered on the guest it belongs to
     return MigrationTls.CREDS
@@ -596,7 +606,7 @@ class MigrationTls:
         """Give the guest's QEMU the credentials of one endpoint (server: the destination);
         returns the credentials' object id."""
         folder = f"{guest.rundir}/tls"
-        guest.host.run(["mkdir", "-m", "0700", folder], timeout=30)
+        guest.host.run(["mkdir", "-p", "-m", "0700", folder], timeout=30)
         for filename in ("ca-cert.pem", f"{endpoint}-cert.pem", f"{endpoint}-key.pem"):
             guest.host.transport.put(os.path.join(self.dir, filename), f"{folder}/{filename}",
                                      mode=0o600)

@@ -525,6 +525,23 @@ class Host:
         raise UnsafeWorkdir(f"{self.name}: cannot use work dir {shown}: "
                             f"{printable((rest or r.stderr).strip()[:200])}")
 
+    def shared_dir_problem(self, path: str) -> str | None:
+        """None when ``path`` (kvm_shared_storage) can hold this run's disks: it and every
+        directory above it belong to the connecting user or root and nobody else can write
+        them, unless root's and sticky (like /tmp); else why not, with the fix."""
+        r = self.run(remote.argv("workdir", path, "shared"), check=False, timeout=30)
+        word, _, rest = r.stdout.strip().partition(" ")
+        if r.ok and word == "ok":
+            return None
+        if word == "unsafe":
+            where, uid, mode = (rest.rsplit(" ", 2) + ["?", "?"])[:3]
+            return (f"{self.name}: shared storage {printable(path)} is not safe: "
+                    f"{printable(where)} belongs to uid {uid} with mode {mode}, so another "
+                    f"user could replace a disk a guest runs on; make it root's and sticky "
+                    f"(chmod 1777) or writable by you alone (chmod go-w)")
+        return (f"{self.name}: cannot use shared storage {printable(path)}: "
+                f"{printable((rest or r.stderr).strip()[:200])}")
+
     def put_cached(self, local: str) -> str:
         self.workdir  # noqa: B018 - checked before anything is cached there
         return self.transport.put_cached(local)

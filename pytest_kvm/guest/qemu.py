@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import random
 import re
@@ -15,7 +16,7 @@ import time
 import pexpect
 
 from .. import remote
-from ..errors import CommandTimeout, HostUnreachable, KvmError, TransportError
+from ..errors import CommandTimeout, HostUnreachable, KvmError, TransportError, printable
 from ..host import Host, Owner, controller_id, process_start  # noqa: F401
 from ..waiting import WaitTimeout, first_within
 from .agent import Agent, AgentUnavailable
@@ -481,6 +482,46 @@ def start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, se
     raise AssertionError("unreachable")
 
 
+_CHECKED: set[tuple[str, str]] = set()  # (host, cached image) found safe in this process
+
+
+class UntrustedImage(GuestError):
+    """A disk image names what QEMU would open besides the image itself."""
+
+
+def untrusted_image(host: Host, path: str, fmt: str, overlay: bool = False) -> None:
+    """Refuse an image (a guest image, or a disk on shared storage) whose header names a
+    backing file or an external data file: the guest would read a host file or device.
+    Inspected with ``qemu-img info`` without following the chain (a named file is never
+    opened); QEMU is given the chain explicitly anyway. ``overlay``: a run's overlay on
+    shared storage, whose backing name is ours and ignored (the chain QEMU gets is explicit),
+    checked at each use. A cached image (its path names its content hash) is inspected once
+    per host."""
+    cache = not overlay
+    if cache and (host.name, path) in _CHECKED:
+        return
+    r = host.run(["qemu-img", "info", "-U", "--output=json", "-f", fmt, "--", path],
+                 check=False, timeout=60)
+    try:
+        info = json.loads(r.stdout) if r.ok else None
+    except ValueError:
+        info = None
+    if not isinstance(info, dict):
+        raise UntrustedImage(f"{host.name}: {printable(path)} is not a {fmt} image qemu-img "
+                             f"reads: {printable((r.stderr or r.stdout).strip()[-200:])}")
+    data = (info.get("format-specific") or {}).get("data") or {}
+    backing = None if overlay else info.get("backing-filename")
+    named = backing or (data.get("data-file") if fmt == "qcow2" else None)
+    if named:
+        what = "a backing file" if backing else "an external data file"
+        raise UntrustedImage(
+            f"{host.name}: {printable(path)} names {what} ({printable(str(named))[:200]}), "
+            f"which the guest would read; use an image without one (qemu-img convert -O "
+            f"{fmt} it into a standalone image)")
+    if cache:
+        _CHECKED.add((host.name, path))
+
+
 def _start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, seq: int,
                  label: str, wait: bool, ssh_port: int | None) -> Guest:
     accel = spec.accel or host.accel
@@ -500,6 +541,7 @@ def _start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, s
     for disk in spec.disks:
         if disk.image:
             bases.append(host.put_cached(disk.image))
+            untrusted_image(host, bases[-1], disk.format)
         else:
             base = f"{host.workdir}/cache/blank-{disk.size}.qcow2"
             prepare.append(remote.argv("blank-disk", base, disk.size))
@@ -516,15 +558,19 @@ def _start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, s
                       uefi_code=uefi_code, ssh_port=ssh_port)
     for overlay, base, fmt in rendered.overlays:
         create = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", base, overlay]
-        if not overlay.startswith(rundir + "/"):  # on shared storage: the first guest (a
-            # migration's source) makes it, the next ones (its destinations) use it as it is
-            create = ["sh", "-c", 'f=$1; shift; test -e "$f" || exec "$@"', "shared-disk",
-                      overlay, *create]
-        prepare.append(create)
+        if overlay.startswith(rundir + "/"):
+            prepare.append(create)
+        elif spec.incoming is None:  # on shared storage, made by the first guest (a
+            # migration's source): created exclusively (noclobber), never one found there
+            prepare.append(["sh", "-c", 'set -C; f=$1; shift; : > "$f" && exec "$@"',
+                            "shared-disk", overlay, *create])
+    shared = [o for o, _, _ in rendered.overlays if not o.startswith(rundir + "/")]
     prepare.append(remote.argv("write", shlex.join(rendered.argv) + "\n", f"{rundir}/cmdline"))
     script = " && ".join(shlex.join(step) for step in prepare)
     host.run(["mkdir", "-p", f"{host.workdir}/cache"], timeout=30)
     host.run(script, timeout=120)
+    for overlay in shared:  # what the source made, or the run's own disk: checked anyway
+        untrusted_image(host, overlay, "qcow2", overlay=True)
     if spec.cloud_init:
         local = tempfile.mkdtemp(prefix="pytest-kvm-seed-")
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field, replace
 
 from .cloudinit import CloudInit
@@ -191,8 +192,16 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
         # it requires for migration: the destination must read what the source wrote). Only
         # its own file: its base in the host's cache may be on a file system without O_DIRECT.
         cache = "file.cache.direct=on," if disk.path else ""
-        argv += ["-blockdev", f"driver=qcow2,node-name=disk{i},file.driver=file,{cache}"
-                              f"file.filename={qopt(overlay)}"]
+        # The chain is explicit: the base is opened as itself with no backing file of its
+        # own (whatever its header names: a host file or device would reach the guest), and
+        # the overlay's backing is that node, not the name written in the overlay.
+        base_node: dict = {"driver": disk.format, "node-name": f"base{i}", "read-only": True,
+                           "file": {"driver": "file", "filename": base}}
+        if disk.format == "qcow2":
+            base_node["backing"] = None
+        argv += ["-blockdev", json.dumps(base_node, separators=(",", ":")),
+                 "-blockdev", f"driver=qcow2,node-name=disk{i},file.driver=file,{cache}"
+                              f"file.filename={qopt(overlay)},backing=base{i}"]
         serial = disk_serial(i)
         if disk.interface == "virtio":
             argv += ["-device", f"virtio-blk-pci,drive=disk{i},id=vd{i},serial={serial}"]

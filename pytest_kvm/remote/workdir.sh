@@ -1,6 +1,9 @@
 #!/bin/sh
 # pytest-kvm's work dir on a host: make it (0700) and check that it can be trusted.
 # $1: the work dir (absolute), or "" for the default /var/tmp/pytest-kvm-<uid>.
+# $2: "shared" to check a shared-storage directory instead: it must exist, and may itself be
+# a root-owned sticky directory (others may add files, not touch ours); its entries are
+# other runs' and are not checked (each disk is checked before use).
 # It and every directory above it (the path as given and as resolved) must be owned by the
 # connecting user or root and writable by nobody else; a root-owned sticky directory above
 # it (/tmp, /var/tmp) may be world-writable. Every entry inside it (on its file system) must
@@ -11,6 +14,7 @@
 set -u
 me=$(id -u)
 dir=${1:-/var/tmp/pytest-kvm-$me}
+kind=${2:-work}
 case $dir in
   /*) ;;
   *) echo "error $dir is not an absolute path"; exit 1 ;;
@@ -45,6 +49,15 @@ walk() {  # every directory from / down to $1; $2: 1 when $1 is the work dir its
     if [ -n "$rest" ]; then verify "$path" 0; else verify "$path" "$2"; fi
   done
 }
+
+if [ "$kind" = shared ]; then
+  [ -d "$dir" ] || { echo "error $dir is not a directory"; exit 1; }
+  walk "$dir" 0
+  real=$(readlink -f -- "$dir") || { echo "error cannot resolve $dir"; exit 1; }
+  [ "$real" = "$dir" ] || walk "$real" 0
+  echo "ok $real"
+  exit 0
+fi
 
 # Check what exists before creating anything under it.
 parent=$dir

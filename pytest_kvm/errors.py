@@ -9,8 +9,48 @@ def printable(text: str, keep: str = "") -> str:
     return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
 
 
+class PrintableLogs:
+    """A logging filter: a record's message with control characters escaped (newlines and
+    tabs kept), so a guest's or host's text quoted in a log line cannot drive the terminal
+    of whoever reads the captured log."""
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        shown = printable(message, keep="\n\t")
+        if shown != message:
+            record.msg, record.args = shown, ()
+        return True
+
+
+def escape_logs() -> None:
+    """Put PrintableLogs on every pytest-kvm logger (once each)."""
+    import logging
+
+    for name in list(logging.Logger.manager.loggerDict):
+        if name == "pytest_kvm" or name.startswith("pytest_kvm."):
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, PrintableLogs) for f in logger.filters):
+                logger.addFilter(PrintableLogs())
+
+
 class KvmError(Exception):
-    """Base class for every error pytest-kvm raises on purpose."""
+    """Base class for every error pytest-kvm raises on purpose. Its message is shown with
+    control characters escaped (newlines and tabs kept): it may quote what a host or guest
+    printed."""
+
+    def __init__(self, *args):
+        super().__init__(*(printable(a, keep="\n\t") if isinstance(a, str) else a
+                           for a in args))
+
+
+class OutputTooLong(KvmError):
+    """A guest (untrusted) sent more than a channel takes in one line or one reply."""
+
+
+# What a guest's channel takes: a reply (a command's whole output) and one line of it. The
+# agent's replies carry the output base64-encoded (qemu-ga caps it at 16 MiB a stream).
+GUEST_MAX_REPLY = 48 * 1024 * 1024
+GUEST_MAX_LINE = 4 * 1024 * 1024
 
 
 class InventoryError(KvmError):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import remote
-from .errors import CommandTimeout, KvmError, TransportError, printable
+from .errors import GUEST_MAX_REPLY, CommandTimeout, KvmError, TransportError, printable
 from .inventory import HostEntry
 from .transport import Transport, forwarded
 
@@ -562,8 +562,11 @@ class Host:
 
     def forwarded_ssh(self, name: str, port: int, key_file: str, known_hosts: str,
                       user: str) -> Transport:
-        """SSH to a port forwarded on this host's loopback (a guest's sshd), through it."""
-        return forwarded(name, self.transport, port, key_file, known_hosts, user=user)
+        """SSH to a port forwarded on this host's loopback (a guest's sshd), through it; a
+        command's output is bounded (the guest is untrusted)."""
+        transport = forwarded(name, self.transport, port, key_file, known_hosts, user=user)
+        transport.max_output = GUEST_MAX_REPLY
+        return transport
 
     def forwarded_host(self, entry: HostEntry, port: int, key_file: str,
                        known_hosts: str) -> Host:

@@ -15,7 +15,7 @@ import pytest
 
 from . import inventory as inv
 from . import remote, reporting
-from .errors import InventoryError, KvmError
+from .errors import InventoryError, KvmError, escape_logs
 from .figures import FILE_NAME, Figure, RunFigures
 from .fixtures import (  # noqa: F401 - fixtures are registered by being here
     FAILED_KEY,
@@ -128,6 +128,7 @@ def pytest_configure(config: pytest.Config) -> None:
                             "addresses each host names under this inventory key")
     config.stash[SESSION_KEY] = None
     config.stash[FAILED_KEY] = set()
+    escape_logs()
     path = inventory_path(config)
     if not path:
         if config.getoption("kvm_cleanup"):

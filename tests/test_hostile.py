@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -380,3 +382,97 @@ def test_a_shared_storage_dir_others_could_write_is_refused(rig_session, shared)
     assert "belongs to uid 65534 with mode 0755" in host.shared_dir_problem(theirs)
     assert f"{open_dir} belongs to uid 0 with mode 0777" in host.shared_dir_problem(open_dir)
     assert host.shared_dir_problem(os.path.join(shared, "none")).endswith("is not a directory")
+
+
+# -- the guest is untrusted --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hostile_guest(rig_session):
+    """A micro guest with a guest-agent port, which the guest writes to itself: what a
+    hostile agent sends."""
+    guest = rig_session.start_guest(rig_session.host("host1"),
+                                    GuestSpec(name="hostile", serial=True, shell=True,
+                                              agent=True), "hostile")
+    yield guest
+    guest.stop()
+
+
+def _agent_says(guest, text: str) -> None:
+    """The guest writes ``text`` to its agent port (``$(...)``: made by the guest)."""
+    port = guest.sh("for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name)\" = "
+                    "org.qemu.guest_agent.0 ] && echo /dev/${p##*/}; done; true").strip()
+    quoted = f'"{text}"' if text.startswith("$(") else shlex.quote(text)
+    guest.sh(f"printf '%s' {quoted} > {port}")
+
+
+@pytest.mark.parametrize("sent, call, expected", [
+    ('{"error": "boom"}\n', "execute", "AgentError: .*guest-info: malformed error"),
+    ('{"return": {"pid": "1; reboot"}}\n', "run", "AgentError: .*'pid' is not int"),
+    ('{"return": {"pid": 7}}\n{"return": {"exited": true, "exitcode": 0, "out-data": '
+     '"!!!"}}\n', "run", "AgentError: .*'out-data' is not base64"),
+    ('{"return": ' + "[" * 200000 + "\n", "execute", "AgentUnavailable: .*no answer"),
+    ("[1]\n", "sync", "False"),
+    ("$(head -c 300000 /dev/zero | tr '\\0' x)", "execute",
+     "OutputTooLong: .*longer than 100000 bytes"),
+])
+def test_a_hostile_agent_gives_the_agents_own_error(hostile_guest, sent, call, expected):
+    """Malformed replies (not an object, a wrong type, bad base64, nesting past Python's
+    recursion limit) and an endless line: the agent's error, never AttributeError,
+    TypeError or RecursionError; a reply is bounded (here at 100 kB)."""
+    import re
+
+    from pytest_kvm.guest.agent import Agent
+
+    agent = Agent(hostile_guest.host.connect_unix(f"{hostile_guest.rundir}/ga.sock"),
+                  "host1/hostile", max_line=100000)
+    try:
+        _agent_says(hostile_guest, sent)
+        time.sleep(0.5)  # (in the controller's socket before the call reads)
+        try:
+            if call == "sync":
+                outcome = str(agent.sync(timeout=2))
+            elif call == "run":
+                outcome = str(agent.run("true", timeout=3))
+            else:
+                outcome = str(agent.execute("guest-info", timeout=3))
+        except Exception as exc:  # noqa: BLE001 - which exception it is, is the point
+            outcome = f"{type(exc).__name__}: {exc}"
+        assert re.match(expected, outcome), outcome
+    finally:
+        agent.close()
+
+
+def test_a_guests_console_is_bounded_per_line_and_per_reply(hostile_guest):
+    """A line past the limit, or a reply past it, is a clear error (the command is
+    interrupted) and the console still works after."""
+    from pytest_kvm.errors import OutputTooLong
+
+    shell = hostile_guest.shell
+    shell.max_line = 50000
+    try:
+        with pytest.raises(OutputTooLong, match="printed a line longer than 50000 characters"):
+            hostile_guest.run("head -c 200000 /dev/zero | tr '\\0' a")
+    finally:
+        shell.max_line = 4 * 1024 * 1024
+    shell.max_reply = 100000
+    try:
+        with pytest.raises(OutputTooLong, match="printed more than 100000 characters"):
+            hostile_guest.run("seq 1 100000")
+    finally:
+        shell.max_reply = 48 * 1024 * 1024
+    assert hostile_guest.run("echo ok", timeout=60) == (0, "ok\n")
+
+
+def test_what_a_guest_prints_reaches_no_terminal_raw(hostile_guest, caplog):
+    """Escape sequences a guest prints (clear screen, set the terminal's title) are shown
+    escaped in errors and in pytest-kvm's log lines."""
+    import logging
+
+    from pytest_kvm.guest.qemu import GuestError
+
+    with pytest.raises(GuestError) as info:
+        hostile_guest.run("printf '\\033[2J\\033]0;pwned\\007'; false")
+    assert "\x1b" not in str(info.value) and "\x07" not in str(info.value)
+    assert "\\x1b[2J\\x1b]0;pwned\\x07" in str(info.value)
+    with caplog.at_level(logging.INFO, logger="pytest_kvm.guest"):
+        logging.getLogger("pytest_kvm.guest").info("guest said %s", "\x1b[2J")
+    assert "guest said \\x1b[2J" in caplog.text and "\x1b" not in caplog.text

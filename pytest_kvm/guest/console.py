@@ -8,7 +8,7 @@ import uuid
 import pexpect
 from pexpect.spawnbase import SpawnBase
 
-from ..errors import KvmError
+from ..errors import GUEST_MAX_LINE, GUEST_MAX_REPLY, KvmError, OutputTooLong
 from ..transport import Stream
 
 
@@ -32,6 +32,9 @@ class Console(SpawnBase):
         self.name = name
         self.prompt = prompt
         self.closed = False
+        self.max_reply, self.max_line = GUEST_MAX_REPLY, GUEST_MAX_LINE
+        self._read = 0  # characters read since the command began (run), or since the start
+        self._line = 0  # characters read since the last newline
 
     def read_nonblocking(self, size: int = 1, timeout: float | None = -1) -> str:
         if timeout == -1:
@@ -47,6 +50,15 @@ class Console(SpawnBase):
             self.flag_eof = True
             raise pexpect.EOF(f"{self.name}: console closed (the guest is gone)")
         text = self._decoder.decode(data, final=False)
+        self._read += len(text)
+        newline = text.rfind("\n")
+        self._line = len(text) - newline - 1 if newline >= 0 else self._line + len(text)
+        if self._read > self.max_reply or self._line > self.max_line:
+            what = (f"a line longer than {self.max_line}" if self._line > self.max_line
+                    else f"more than {self.max_reply}")
+            self._read = self._line = 0
+            raise OutputTooLong(f"{self.name}: the guest printed {what} characters (the "
+                                f"limit) on its console")
         self._log(text, "read")
         return text
 
@@ -87,11 +99,16 @@ class Console(SpawnBase):
         begin, end = f"__PKVM_B{tag}", f"__PKVM_E{tag}"
         command = command.strip().rstrip(";").rstrip()  # `cmd;; echo` is a syntax error too
         sep = " " if command.endswith("&") else "; "  # `cmd & ;` is a syntax error
+        self._read = 0
         try:
             self.sendline(f"echo {begin[:4]}''{begin[4:]}; {command}{sep}"
                           f"echo {end[:4]}''{end[4:]} $?")
             self.expect_exact(begin + "\r\n", timeout=timeout)
-            self.expect(re.escape(end) + r" (\d+)\r?\n", timeout=timeout)
+            # (searched in a window at the end: linear in the output, not quadratic)
+            self.expect(re.escape(end) + r" (\d+)\r?\n", timeout=timeout, searchwindowsize=64)
+        except OutputTooLong as exc:
+            self.sendcontrol("c")
+            raise OutputTooLong(f"{exc} while running `{command}` (interrupted)") from exc
         except pexpect.TIMEOUT as exc:
             self.sendcontrol("c")  # interrupt it so the console is usable again
             raise GuestCommandTimeout(f"{self.name}: `{command}` did not finish within "

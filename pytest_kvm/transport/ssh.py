@@ -16,6 +16,7 @@ from ..errors import (
     CommandTimeout,
     HostKeyMismatch,
     HostUnreachable,
+    OutputTooLong,
     TransportError,
     UnknownHostKey,
 )
@@ -64,6 +65,7 @@ class SSHTransport(Transport):
         self.known_hosts = os.path.expanduser(known_hosts or "~/.ssh/known_hosts")
         self.host_key_policy = host_key_policy
         self.connect_timeout = connect_timeout
+        self.max_output: int | None = None  # bytes a command may print (a guest's: bounded)
         self.proxy = proxy
         if workdir:
             self.workdir = workdir
@@ -226,6 +228,12 @@ class SSHTransport(Transport):
             out, err = bytearray(), bytearray()
             deadline = start + timeout
             while True:
+                if self.max_output and len(out) + len(err) > self.max_output:
+                    pgid = bytes(out).partition(b"\n")[0]
+                    if pgid.isdigit():
+                        self._kill_group(int(pgid))
+                    raise OutputTooLong(f"{self.name}: `{shown}` printed more than "
+                                        f"{self.max_output} bytes (the limit); killed")
                 if chan.recv_ready():
                     out += chan.recv(1 << 16)
                 elif chan.recv_stderr_ready():

@@ -276,7 +276,6 @@ def test_values_that_would_inject_are_refused(key, value, expected):
     ("ansible_ssh_common_args='-o StrictHostKeyChecking=accept-new "
      "-o UserKnownHostsFile=/dev/null'", "accept-new with known_hosts /dev/null would accept"),
     ("kvm_host_key=accept-new kvm_known_hosts=/dev/null", "would accept any host key"),
-    ("ansible_ssh_common_args='-J a,b'", "ProxyJump a,b has several hops"),
 ])
 def test_host_key_policies_that_check_nothing_are_refused(keys, expected):
     with pytest.raises(InventoryError) as exc:
@@ -476,3 +475,53 @@ def test_what_a_guest_prints_reaches_no_terminal_raw(hostile_guest, caplog):
     with caplog.at_level(logging.INFO, logger="pytest_kvm.guest"):
         logging.getLogger("pytest_kvm.guest").info("guest said %s", "\x1b[2J")
     assert "guest said \\x1b[2J" in caplog.text and "\x1b" not in caplog.text
+
+
+# -- the same rules wherever a setting comes from ----------------------------------------------
+def _ssh_config_home(rig, tmp_path, monkeypatch, text: str) -> None:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(text)
+    monkeypatch.setenv("HOME", str(home))
+
+
+def _config_host(name: str, address: str, rig, *extra: str) -> str:
+    lines = [f"Host {name}", f"  HostName {address}", "  User root", f"  IdentityFile {rig.key}",
+             f"  UserKnownHostsFile {rig.known_hosts}", *(f"  {e}" for e in extra)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("settings, expected", [
+    (("StrictHostKeyChecking accept-new", "UserKnownHostsFile /dev/null"),
+     "accept-new with known_hosts /dev/null would accept any host key"),
+    (("StrictHostKeyChecking no",), "StrictHostKeyChecking no is not supported"),
+])
+def test_host_key_settings_from_ssh_config_get_the_inventorys_checks(rig, tmp_path,
+                                                                      monkeypatch, settings,
+                                                                      expected):
+    from pytest_kvm.errors import TransportError
+
+    text = (f"Host lab\n  {settings[-1] if len(settings) > 1 else ''}\n"
+            + _config_host("lab", rig.hosts[0].address, rig, settings[0]))
+    _ssh_config_home(rig, tmp_path, monkeypatch, text)
+    inv = inventory.parse("[a]\nlab\n")
+    with pytest.raises(TransportError, match=r"\.ssh/config \(Host lab\): " + expected):
+        for_entry(inv.hosts["lab"], inv)
+
+
+def test_a_multi_hop_proxy_jump_from_ssh_config_goes_through_every_hop(rig, tmp_path,
+                                                                       monkeypatch):
+    """ProxyJump hop1,hop2 to host1: the session reaches host1 from hop2 (host2's address);
+    only the first hop would have reached it from host1 itself."""
+    h1, h2 = rig.hosts[0].address, rig.hosts[1].address
+    _ssh_config_home(rig, tmp_path, monkeypatch,
+                     _config_host("hop1", h1, rig) + _config_host("hop2", h2, rig)
+                     + _config_host("target", h1, rig, "ProxyJump hop1,hop2"))
+    inv = inventory.parse("[a]\ntarget\n")
+    transport = for_entry(inv.hosts["target"], inv)
+    try:
+        assert [transport.proxy.name, transport.proxy.proxy.name] == ["hop2", "hop1"]
+        who = transport.run(["sh", "-c", "echo $SSH_CONNECTION"]).stdout.split()
+        assert who[0] == h2, who
+    finally:
+        transport.close()

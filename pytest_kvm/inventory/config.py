@@ -476,20 +476,23 @@ def _check_host_keys(fields: dict[str, Any], origins: dict[str, Origin]) -> None
     """accept-new only where the accepted key is kept: with a known_hosts that does not
     persist, every connection would accept any key."""
     known = fields.get("known_hosts")
-    if fields.get("host_key") == "accept-new" and known is not None:
-        import os
+    if fields.get("host_key") == "accept-new" and known is not None and keeps_nothing(known):
+        origin = origins.get("known_hosts") or origins["host_key"]
+        raise origin.error(ACCEPT_ANY.format(known=known))
 
-        path = os.path.realpath(os.path.expanduser(known)) if known.lower() != "none" else ""
-        if path in ("", os.devnull):
-            origin = origins.get("known_hosts") or origins["host_key"]
-            raise origin.error(f"accept-new with known_hosts {known} would accept any host key "
-                               "on every connection; give a known_hosts file that keeps the "
-                               "keys (or use strict with a known_hosts you filled)")
-    jump = fields.get("proxy_jump")
-    if jump and "," in jump:
-        raise origins["proxy_jump"].error(
-            f"ProxyJump {jump} has several hops, which pytest-kvm does not chain; make the "
-            "first hop an inventory host with its own ProxyJump, and jump through it")
+
+ACCEPT_ANY = ("accept-new with known_hosts {known} would accept any host key on every "
+              "connection; give a known_hosts file that keeps the keys (or use strict with a "
+              "known_hosts you filled)")
+
+
+def keeps_nothing(known_hosts: str) -> bool:
+    """Whether a known_hosts setting keeps no key (none, or /dev/null by any name)."""
+    import os
+
+    if known_hosts.lower() == "none":
+        return True
+    return os.path.realpath(os.path.expanduser(known_hosts)) == os.devnull
 
 
 def _warn_unknown(key: str, origin: Origin, warnings: list[str]) -> None:

@@ -9,6 +9,7 @@ import paramiko
 
 from ..errors import TransportError
 from ..inventory import HostEntry, Inventory
+from ..inventory.config import ACCEPT_ANY, keeps_nothing
 from .base import Become, Command, Result, Stream, Transport
 from .local import LocalTransport
 from .ssh import SSHTransport
@@ -38,6 +39,27 @@ def _jump_spec(spec: str) -> tuple[str | None, str, int | None]:
     return user, host.strip("[]"), int(port) if port else None
 
 
+def _host_key_settings(name: str, conf, cfg: dict) -> tuple[str | None, str | None]:
+    """(policy, known_hosts) from the inventory, else from ~/.ssh/config, which gets the
+    inventory's rules: StrictHostKeyChecking yes or accept-new only, and accept-new only with
+    a known_hosts that keeps the keys."""
+    policy, known_hosts = conf.host_key, conf.known_hosts
+    where = f"{os.path.expanduser(SSH_CONFIG)} (Host {name})"
+    said = str(cfg.get("stricthostkeychecking", "")).lower()
+    if policy is None and said:
+        if said == "accept-new":
+            policy = "accept-new"
+        elif said not in ("yes", "true", "ask"):
+            raise TransportError(f"{where}: StrictHostKeyChecking {said} is not supported: "
+                                 "pytest-kvm verifies host keys; use yes or accept-new there, "
+                                 "or kvm_host_key in the inventory")
+    if not known_hosts and cfg.get("userknownhostsfile"):
+        known_hosts = cfg["userknownhostsfile"].split()[0]
+        if policy == "accept-new" and keeps_nothing(known_hosts):
+            raise TransportError(f"{where}: " + ACCEPT_ANY.format(known=known_hosts))
+    return policy, known_hosts
+
+
 def for_entry(entry: HostEntry, inventory: Inventory | None = None,
               opened: dict[str, Transport] | None = None) -> Transport:
     """Build (but do not yet connect) the transport for an inventory host.
@@ -59,26 +81,22 @@ def for_entry(entry: HostEntry, inventory: Inventory | None = None,
     port = conf.port or int(cfg.get("port", 22))
     user = conf.user or cfg.get("user", "root")
     key_file = conf.private_key_file or (cfg.get("identityfile") or [None])[0]
-    policy = conf.host_key
-    if policy is None and str(cfg.get("stricthostkeychecking", "")).lower() == "accept-new":
-        policy = "accept-new"
-    known_hosts = conf.known_hosts
-    if not known_hosts and cfg.get("userknownhostsfile"):
-        known_hosts = cfg["userknownhostsfile"].split()[0]
+    policy, known_hosts = _host_key_settings(entry.name, conf, cfg)
     proxy = None
     jump = conf.proxy_jump or cfg.get("proxyjump")
     if jump and jump.lower() != "none":
-        first = jump.split(",")[0]
-        if inventory is not None and first in inventory.hosts:
-            proxy = for_entry(inventory.hosts[first], inventory, opened)
-        else:
-            juser, jhost, jport = _jump_spec(first)
+        # every hop, in order, each through the one before (ssh's -J a,b,c)
+        for i, hop in enumerate(jump.split(",")):
+            if i == 0 and inventory is not None and hop in inventory.hosts:
+                proxy = for_entry(inventory.hosts[hop], inventory, opened)
+                continue
+            juser, jhost, jport = _jump_spec(hop)
             jcfg = _ssh_config(jhost)
             proxy = SSHTransport(
-                first, jcfg.get("hostname", jhost), jport or int(jcfg.get("port", 22)),
+                hop, jcfg.get("hostname", jhost), jport or int(jcfg.get("port", 22)),
                 juser or jcfg.get("user", "root"), (jcfg.get("identityfile") or [None])[0],
                 known_hosts=known_hosts or None, host_key_policy=policy or "strict",
-                connect_timeout=conf.connect_timeout)
+                connect_timeout=conf.connect_timeout, proxy=proxy)
     transport = SSHTransport(
         entry.name, hostname, port, user, key_file, conf.password,
         known_hosts=known_hosts or None, host_key_policy=policy or "strict",

@@ -28,10 +28,13 @@ def _parser() -> argparse.ArgumentParser:
                           "given more than once, as with ansible-inventory)")
     what = inv.add_mutually_exclusive_group(required=True)
     what.add_argument("--list", action="store_true", help="all groups and hosts with their "
-                      "resolved variables (JSON, as ansible-inventory --list)")
+                      "resolved variables (JSON, as ansible-inventory --list; secrets as ***)")
     what.add_argument("--host", metavar="NAME", help="one host's resolved variables (JSON)")
     what.add_argument("--check", action="store_true", help="check the keys pytest-kvm uses, "
                       "as a test run does, and print each host's pytest-kvm settings")
+    inv.add_argument("--show-secrets", action="store_true", help="--list/--host: print "
+                     "passwords, and the variables they are made from or make, as they are "
+                     "(ansible-inventory does); by default they are ***")
     img = sub.add_parser("image", help="build a bootable Debian 12 cloud image",
                          description="Images for labs that have none.")
     img_sub = img.add_subparsers(dest="image_command", required=True)
@@ -116,7 +119,7 @@ def inventory(args: argparse.Namespace) -> int:
     model = read_model(*args.inventory)
     for message in model.warnings:
         print(f"warning: {message}", file=sys.stderr)
-    resolver = resolve.Resolver(model)
+    resolver = resolve.Resolver(model, reveal_secrets=args.show_secrets)
     if args.host is not None:
         if args.host not in model.hosts:
             print(f"{', '.join(args.inventory)}: no host named {args.host!r}", file=sys.stderr)

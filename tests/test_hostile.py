@@ -10,6 +10,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -283,12 +284,18 @@ def test_host_key_policies_that_check_nothing_are_refused(keys, expected):
     assert str(exc.value).startswith("hosts.ini:2: ") and expected in str(exc.value)
 
 
-def test_secrets_stay_out_of_tracebacks_junit_and_allure(rig, tmp_path):
+@pytest.mark.parametrize("how", ["as-is", "templated"])
+def test_secrets_stay_out_of_tracebacks_junit_and_allure(rig, tmp_path, how):
     """A failing check run with -l (locals in tracebacks), JUnit XML and Allure: the
-    inventory's passwords appear nowhere."""
+    inventory's passwords appear nowhere, also where a password is rendered from another
+    variable (``ansible_password="{{ vault_pw }}"``: that variable is a secret too)."""
     secret, sudo_secret = "Sup3r-S3cret-pw", "Sud0-S3cret-pw"
-    (tmp_path / "hosts.ini").write_text(rig.inventory(
-        extra=f"ansible_password={secret}\nansible_become_password={sudo_secret}"))
+    if how == "as-is":
+        extra = f"ansible_password={secret}\nansible_become_password={sudo_secret}"
+    else:
+        extra = (f"vault_pw={secret}\nansible_password='{{{{ vault_pw }}}}'\n"
+                 f"vault_sudo={sudo_secret}\nansible_become_password='{{{{ vault_sudo }}}}'")
+    (tmp_path / "hosts.ini").write_text(rig.inventory(extra=extra))
     (tmp_path / "test_it.py").write_text(
         "def test_fails(kvm_host, kvm_session):\n"
         "    entry = kvm_host.entry\n"
@@ -300,7 +307,23 @@ def test_secrets_stay_out_of_tracebacks_junit_and_allure(rig, tmp_path):
     assert "Secret('***')" in r.stdout  # the values were there, hidden
     seen = [r.stdout, r.stderr, (tmp_path / "junit.xml").read_text()]
     seen += [p.read_text(errors="replace") for p in (tmp_path / "allure").iterdir()]
+    listed = subprocess.run([sys.executable, "-m", "pytest_kvm", "inventory", "-i",
+                             "hosts.ini", "--list"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert listed.returncode == 0 and '"ansible_password": "***"' in listed.stdout
+    seen += [listed.stdout, listed.stderr]
     assert not [s for s in seen if secret in s or sudo_secret in s]
+
+
+def test_a_secret_templated_into_another_key_is_refused_without_showing_it(tmp_path):
+    """kvm_workdir made from the password would put it in paths, logs and reports."""
+    path = tmp_path / "hosts.ini"
+    path.write_text("[a]\nh1 vault_pw=Sup3r-S3cret-pw ansible_password='{{ vault_pw }}' "
+                    "kvm_workdir='/tmp/{{ vault_pw }}'\n")
+    with pytest.raises(InventoryError) as exc:
+        inventory.load(path)
+    assert str(exc.value).startswith(f"{path}:2: kvm_workdir is made from a secret")
+    assert "Sup3r" not in str(exc.value)
 
 
 # -- images and disks are untrusted input ------------------------------------------------------

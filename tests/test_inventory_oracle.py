@@ -73,14 +73,14 @@ def test_the_corpus_is_large_enough():
 @pytest.mark.parametrize("case", GOOD_CASES)
 def test_list_equals_ansible_inventory(case, oracle):
     model = read_model(source(GOOD / case))
-    ours = json.loads(resolve.dumps(resolve.Resolver(model).as_list()))
+    ours = json.loads(resolve.dumps(resolve.Resolver(model, reveal_secrets=True).as_list()))
     assert ours == oracle[case]
 
 
 @pytest.mark.parametrize("case", ["gv-forms", "legacy-names", "yaml-lab", "dir-inv"])
 def test_cli_list_and_host_equal_ansible_inventory(case, oracle, ansible_home):
     src = str(source(GOOD / case))
-    cli = [sys.executable, "-m", "pytest_kvm", "inventory", "-i", src]
+    cli = [sys.executable, "-m", "pytest_kvm", "inventory", "-i", src, "--show-secrets"]
     ours = subprocess.run([*cli, "--list"], capture_output=True, text=True, timeout=60)
     assert ours.returncode == 0, ours.stderr
     assert json.loads(ours.stdout) == oracle[case]
@@ -108,6 +108,7 @@ def test_what_ansible_refuses_is_refused_in_one_line(case, ansible_home):
 def test_several_sources_merge_as_ansible_merges_them(ansible_home):
     a, b = str(source(GOOD / "kubespray")), str(source(GOOD / "gv-forms"))
     ours = subprocess.run([sys.executable, "-m", "pytest_kvm", "inventory", "-i", a, "-i", b,
-                           "--list"], capture_output=True, text=True, timeout=60)
+                           "--list", "--show-secrets"], capture_output=True, text=True,
+                          timeout=60)
     theirs = ansible_inventory(ansible_home, "-i", a, "-i", b, "--list")
     assert ours.returncode == 0 and json.loads(ours.stdout) == json.loads(theirs.stdout)

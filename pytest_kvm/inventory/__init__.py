@@ -113,7 +113,8 @@ def _inventory(model: Model, path: str) -> Inventory:
             warnings.append(str(exc))
             continue
         origin = model.hosts[name].origin
-        plain = {k: Secret(str(v.value)) if k in config.SECRET_KEYS else v.value
+        secret = config.secret_names(values)
+        plain = {k: Secret(str(v.value)) if k in secret else v.value
                  for k, v in values.items()}  # a password stays hidden wherever this goes
         hosts[name] = HostEntry(name, cfg, groups, origin.path, origin.line or 0,
                                 MappingProxyType(plain), MappingProxyType(origins))

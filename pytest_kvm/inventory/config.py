@@ -443,6 +443,7 @@ def build(name: str, values: Mapping[str, Value], groups: tuple[str, ...],
                           f"{connection.value}{hint}, which pytest-kvm cannot use; it is left "
                           "out")
     renderer = _Renderer(name, values, groups)
+    secret = secret_names(values)
     fields: dict[str, Any] = {}
     origins: dict[str, Origin] = {}
     for key, spec in KEYS.items():
@@ -451,6 +452,11 @@ def build(name: str, values: Mapping[str, Value], groups: tuple[str, ...],
             continue
         source = chosen[-1]  # Ansible: the last name in its list wins
         value = values[source]
+        if source in secret and source not in SECRET_KEYS:
+            raise value.origin.error(
+                f"{source} is made from a secret (a password, or a variable a password is "
+                f"made from); it would be shown in paths, logs and reports: keep secrets out "
+                f"of it")
         if isinstance(value.value, yamlload.Vaulted):
             raise value.origin.error(f"{source} is encrypted with Ansible Vault, which "
                                      "pytest-kvm cannot decrypt; give it in plain text "
@@ -551,6 +557,39 @@ def _ssh_args(value: str, origin: Origin) -> dict[str, Any]:
                                "ProxyJump, StrictHostKeyChecking, UserKnownHostsFile or "
                                "ConnectTimeout")
     return out
+
+
+def _references(value: Any) -> frozenset[str]:
+    """The variables a template refers to (none for a plain value or a broken template,
+    whose error rendering reports)."""
+    if not _Renderer.is_template(value):
+        return frozenset()
+    try:
+        return frozenset(jinja2.meta.find_undeclared_variables(_Renderer.env.parse(value)))
+    except jinja2.TemplateError:
+        return frozenset()
+
+
+def secret_names(values: Mapping[str, Value]) -> frozenset[str]:
+    """The host's variables that are secrets: the password keys, every variable their
+    templates are made from (``ansible_password: "{{ vault_pw }}"`` makes vault_pw one), and
+    every variable whose template uses one of those."""
+    refs = {k: _references(v.value) for k, v in values.items()}
+    secret = {k for k in values if k in SECRET_KEYS}
+    stack = list(secret)
+    while stack:  # what a secret is made from
+        for ref in refs.get(stack.pop(), ()):
+            if ref in values and ref not in secret:
+                secret.add(ref)
+                stack.append(ref)
+    changed = True
+    while changed:  # what is made from a secret
+        changed = False
+        for key, used in refs.items():
+            if key not in secret and used & secret:
+                secret.add(key)
+                changed = True
+    return frozenset(secret)
 
 
 class _Renderer:

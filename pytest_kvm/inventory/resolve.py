@@ -15,15 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from . import yamlload
+from .config import secret_names
 from .model import INTERNAL_VARS, Model, Origin, Value
 from .sources import load_vars_file, vars_files
+
+HIDDEN = "***"  # a secret's value in what is printed
 
 
 class Resolver:
     """Resolves hosts' variables of one model (variable files are read once each)."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, reveal_secrets: bool = False):
         self.model = model
+        self.reveal_secrets = reveal_secrets
         self._files: dict[Path, dict[str, tuple[Any, Origin]]] = {}
 
     def _file_vars(self, kind: str, name: str) -> dict[str, Value]:
@@ -86,8 +90,12 @@ class Resolver:
         return out
 
     def plain(self, name: str) -> dict[str, Any]:
-        """A host's resolved variables as plain values (``ansible-inventory --host``)."""
-        return {k: v.value for k, v in self.host_vars(name).items()}
+        """A host's resolved variables as plain values (``ansible-inventory --host``); its
+        secrets (passwords, and what they are made from or make) as "***" unless
+        ``reveal_secrets``."""
+        values = self.host_vars(name)
+        hidden = frozenset() if self.reveal_secrets else secret_names(values)
+        return {k: HIDDEN if k in hidden else v.value for k, v in values.items()}
 
 
 def _jsonable(value: Any) -> Any:

@@ -114,3 +114,30 @@ def test_legacy_connection_names_connect_as_ansible_does(rig, tmp_path, sudo_use
         assert t.run(["id", "-un"]).stdout.strip() == user
     finally:
         t.close()
+
+
+def test_a_command_sudo_runs_without_a_password_never_reads_it(rig, tmp_path, sudo_user):
+    """sudo's policy differs by command (NOPASSWD for cat, a password for the rest): the
+    password goes to sudo when it asks, never into the stream of a command it runs
+    without one."""
+    user, password = sudo_user
+    rule = f"/etc/sudoers.d/{user}-cat"
+    cat = shutil.which("cat")
+    with open(rule, "w") as f:
+        f.write(f"{user} ALL=(ALL:ALL) NOPASSWD: {cat}\n")
+    os.chmod(rule, 0o440)
+    t = transport(rig, tmp_path, user, ansible_become="yes", ansible_become_password=password)
+    try:
+        assert t.run(["id", "-u"], become=True).stdout.strip() == "0"  # asked, answered
+        assert t.run([cat], become=True, input="hello\n").stdout == "hello\n"
+        assert t.run([cat], become=True).stdout == ""  # nothing of the password
+        stream = t.open_stream([cat])
+        stream.send(b"ping\n")
+        out = b""
+        while b"ping" not in out:
+            out += stream.recv(4096, timeout=10)
+        stream.close()
+        assert out == b"ping\n"
+    finally:
+        t.close()
+        os.unlink(rule)

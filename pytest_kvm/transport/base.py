@@ -76,6 +76,14 @@ class Become:
         return bool(self.enabled) or not is_root
 
 
+# sudo with a password: "$@" is sudo's options (-u USER), then -- and the command. The password
+# is the first line of stdin; PKVM_SUDO_PW is also the prompt, which sudo passes to its askpass
+# program as the argument: `printenv PKVM_SUDO_PW`.
+SUDO_ASKPASS = ('IFS= read -r PKVM_SUDO_PW || exit 1; export PKVM_SUDO_PW; '
+                'SUDO_ASKPASS=$(command -v printenv) || exit 1; export SUDO_ASKPASS; '
+                'exec sudo -k -A -p PKVM_SUDO_PW "$@"')
+
+
 def argv_of(cmd: Command, env: Mapping[str, str] | None = None,
             sudo: Sequence[str] = ()) -> list[str]:
     """A command (argv list, or a shell script string) as one argv list; ``sudo`` is the
@@ -166,8 +174,6 @@ class Transport(ABC):
     workdir: str = "/var/tmp/pytest-kvm"
     is_root: bool = True
     become: Become = Become()
-    # With a become password: whether sudo asks for it (probed once; None: not yet).
-    _sudo_asks: bool | None = None
     # Why the host is unreachable, while the transport fails fast (None: not known down).
     down: str | None = None
 
@@ -208,21 +214,21 @@ class Transport(ABC):
         return result
 
     def sudo(self) -> tuple[list[str], bytes]:
-        """The prefix for a privileged command and what its stdin must start with (sudo's
-        password, when sudo asks for one; ``-k`` makes it ask every time, so it always
-        consumes that line and the command never sees it)."""
+        """The prefix for a privileged command and what its stdin must start with.
+
+        With a become password, the first line of stdin is the password, read by a wrapper
+        shell (``read``: exactly that line, whatever sudo does) and handed to sudo only when
+        sudo asks for it, through its askpass hook (``printenv`` prints it from the wrapper's
+        environment, which sudo's env_reset keeps from the command). The command's stdin is
+        its own either way: a command sudo lets run without a password (NOPASSWD, a policy
+        that differs from another command's) never reads the password."""
         b = self.become
         if not b.needed(self.is_root):
             return [], b""
         as_user = [] if b.user == "root" else ["-u", b.user]
         if b.password is not None:
-            if self._sudo_asks is None:
-                probe = self._exec(["sudo", "-n", "-k", *as_user, "--", "true"], 30.0, None,
-                                   "sudo -n -k true")
-                self._sudo_asks = not probe.ok
-            if self._sudo_asks:
-                return (["sudo", "-k", "-S", "-p", "", *as_user, "--"],
-                        (b.password.reveal() + "\n").encode())
+            return (["sh", "-c", SUDO_ASKPASS, "sudo", *as_user, "--"],
+                    (b.password.reveal() + "\n").encode())
         return ["sudo", "-n", *as_user, "--"], b""
 
     def sh(self, script: str, **kw) -> str:

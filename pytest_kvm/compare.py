@@ -21,6 +21,7 @@ import numpy as np
 from scipy import stats
 
 from .figures import Figure, FiguresError, RunFigures
+from .files import write_atomic
 
 REGRESSION, IMPROVEMENT, SAME, ONLY_A, ONLY_B, INCOMPARABLE = (
     "regression", "improvement", "no significant change", "only in A", "only in B",
@@ -230,9 +231,8 @@ def as_json(c: Comparison) -> dict:
 
 def write(c: Comparison, out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
-    md, js = out / "compare.md", out / "compare.json"
-    md.write_text(markdown(c))
-    js.write_text(json.dumps(as_json(c), indent=1) + "\n")
+    md = write_atomic(out / "compare.md", markdown(c), mode=0o644)
+    js = write_atomic(out / "compare.json", json.dumps(as_json(c), indent=1) + "\n", mode=0o644)
     return md, js
 
 

@@ -17,6 +17,7 @@ from . import inventory as inv
 from . import remote, reporting
 from .errors import InventoryError, KvmError, escape_logs
 from .figures import FILE_NAME, Figure, RunFigures
+from .files import write_atomic
 from .fixtures import (  # noqa: F401 - fixtures are registered by being here
     FAILED_KEY,
     NO_INVENTORY,
@@ -438,8 +439,7 @@ class FigureRecorder:
     def pytest_sessionfinish(self) -> None:
         if self.path:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            with open(self.path, "w") as out:
-                json.dump(self.run.as_dict(), out, indent=1)
+            write_atomic(self.path, json.dumps(self.run.as_dict(), indent=1))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -448,8 +448,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     xml = config.stash.get(junit_xml_key, None) if junit_xml_key is not None else None
     path = config.getoption("kvm_figures", None)
-    if path is None and reporting.active(config):
-        path = os.path.join(config.option.allure_report_dir, FILE_NAME)
+    if reporting.active(config):
+        reporting.private_results(config)
+        if path is None:
+            path = os.path.join(config.option.allure_report_dir, FILE_NAME)
     config.pluginmanager.register(FigureRecorder(xml, path), "kvm-figures")
 
 

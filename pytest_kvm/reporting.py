@@ -73,6 +73,14 @@ def default_results_dir(config: pytest.Config) -> None:
         config.option.clean_alluredir = not os.environ.get("PYTEST_XDIST_WORKER")
 
 
+def private_results(config: pytest.Config) -> None:
+    """The Allure results dir is the user's alone (0700): results hold what hosts printed
+    (their dmesg, QEMU's command lines), which other users of the controller must not read."""
+    directory = config.option.allure_report_dir
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.chmod(directory, 0o700)
+
+
 def label_items(items: list[pytest.Item]) -> None:
     """feature = suite, story = check, kvm_host = the host under test (Allure's own `host`
     label is the machine that ran pytest). The Suites tab groups by host, then suite."""

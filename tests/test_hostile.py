@@ -548,3 +548,55 @@ def test_a_multi_hop_proxy_jump_from_ssh_config_goes_through_every_hop(rig, tmp_
         assert who[0] == h2, who
     finally:
         transport.close()
+
+
+# -- what pytest-kvm writes and reads on the controller ----------------------------------------
+def test_image_build_out_replaces_a_link_planted_at_its_name(shared, tmp_path, monkeypatch):
+    """`image build --out` into a directory others can write: the link nobody planted there
+    (pointing at a file of root's) is replaced by the image, the file it points at untouched.
+    (The cached image is a small qcow2 here: building the real one is test_image's.)"""
+    from pytest_kvm import cli
+    from pytest_kvm.guest import distro
+
+    cached = tmp_path / "cached.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(cached), "1M"], check=True)
+    monkeypatch.setattr(distro, "default_path", lambda: cached)
+    victim = tmp_path / "root-owned"
+    victim.write_text("precious\n")
+    out = os.path.join(shared, "out.qcow2")
+    as_nobody("ln", "-s", str(victim), out)
+    assert cli.main(["image", "build", "--out", out]) == 0
+    assert victim.read_text() == "precious\n"
+    assert not os.path.islink(out) and os.stat(out).st_uid == 0
+    assert open(out, "rb").read() == cached.read_bytes()
+
+
+def test_a_controller_cache_another_user_could_write_is_refused(tmp_path, shared, monkeypatch):
+    """XDG_CACHE_HOME on a shared directory: a pytest-kvm cache dir nobody made (or a kernel
+    they planted in ours) is refused, naming it; never booted."""
+    from pytest_kvm.files import UnsafePath, private_dir
+
+    theirs = os.path.join(shared, "xdg")
+    as_nobody("mkdir", "-p", os.path.join(theirs, "pytest-kvm", "kernels"))
+    with pytest.raises(UnsafePath, match=r"the controller's cache .*/xdg/pytest-kvm is not safe: "
+                                         r".*/xdg/pytest-kvm belongs to uid 65534; remove"):
+        private_dir(os.path.join(theirs, "pytest-kvm"), "the controller's cache")
+    ours = tmp_path / "cache"
+    private_dir(ours, "the controller's cache")
+    assert oct(os.stat(ours).st_mode & 0o777) == "0o700"
+    os.chmod(ours, 0o755)
+    os.mkdir(ours / "kernels")
+    os.symlink("/etc", ours / "kernels" / "linux-image-6.1")
+    with pytest.raises(UnsafePath, match=r"kernels/linux-image-6.1 is a symbolic link; remove"):
+        private_dir(ours, "the controller's cache")
+
+
+def test_results_hold_host_output_for_the_user_alone(rig, tmp_path):
+    """The Allure results (the hosts' dmesg, QEMU command lines) are not world-readable."""
+    (tmp_path / "hosts.ini").write_text(rig.inventory())
+    (tmp_path / "test_it.py").write_text("def test_x(kvm_host):\n    pass\n")
+    r = pytest_run(["--hosts", "hosts.ini", "-q"], tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:]
+    results = tmp_path / "reports" / "allure-results"
+    assert any(results.iterdir())
+    assert os.stat(results).st_mode & 0o077 == 0

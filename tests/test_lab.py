@@ -14,6 +14,7 @@ from pytest_kvm.features import sriov, vfio
 from pytest_kvm.fixtures import KvmSession
 from pytest_kvm.guest import Owner
 from pytest_kvm.inventory import parse
+from pytest_kvm.waiting import wait_until
 
 from test_plugin import pytest_run
 
@@ -235,6 +236,36 @@ def test_a_pf_whose_vfs_are_in_use_is_not_reset(lab1):
     finally:
         lab1.run(["sh", "-c", f"echo 0 > {pf}/sriov_numvfs"], timeout=120)
     assert sriov.vfs(lab1, PF) == []
+
+
+
+def test_a_pf_whose_vf_carries_the_management_connection_is_not_touched(lab1):
+    """A VF of the igb (driven by igbvf in the L1) carries the default route: its PF is
+    management too, and SR-IOV refuses to save (then reset) it."""
+    pf = f"/sys/bus/pci/devices/{PF}"
+    lab1.run(["modprobe", "igbvf"], timeout=60)
+    lab1.run(["sh", "-c", f"echo 1 > {pf}/sriov_drivers_autoprobe && echo 1 > {pf}/sriov_numvfs"],
+             timeout=120)
+    try:
+        vf = sriov.vfs(lab1, PF)[0]
+        ifname = wait_until(lambda: lab1.run(["ls", f"/sys/bus/pci/devices/{vf}/net"],
+                                             check=False).stdout.split(), 60,
+                            "the VF's interface")[0]
+        before = vfio.management_devices(lab1)  # (MGMT; an earlier test's IPv6 route may add)
+        assert PF not in before
+        assert vfio.management_devices(lab1, ifname) == before | {vf, PF}
+        lab1.run(["sh", "-c", 'echo 1 > /proc/sys/net/ipv6/conf/"$0"/disable_ipv6; '
+                  'ip link set "$0" up && ip addr add 192.0.2.1/24 dev "$0" && '
+                  'ip route add default via 192.0.2.2 dev "$0" metric 5000 onlink', ifname],
+                 timeout=60)
+        with pytest.raises(vfio.PassthroughError, match=f"{PF} carries the host's management "
+                                                        r"connection \(itself, or through"):
+            sriov.save(lab1, PF, reset=True)
+        assert lab1.pci(PF).numvfs == 1  # untouched
+    finally:
+        lab1.run(["sh", "-c", f"ip route del default via 192.0.2.2 metric 5000; "
+                  f"echo 0 > {pf}/sriov_numvfs"], check=False, timeout=120)
+    assert PF not in vfio.management_devices(lab1)
 
 
 OVERLAP_L0 = textwrap.dedent('''

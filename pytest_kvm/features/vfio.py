@@ -38,7 +38,8 @@ class Binding(Change):
 
 def management_devices(host: Host, *interfaces: str) -> set[str]:
     """PCI functions under the host's management connection (default routes, the SSH
-    session, and ``interfaces``), through bridges, bonds, VLANs, macvlans and teams."""
+    session, and ``interfaces``), through bridges, bonds, VLANs, macvlans and teams; the PF
+    of a VF among them."""
     return set(host.run(remote.argv("management-devices", *interfaces), timeout=30)
                .stdout.split())
 
@@ -49,8 +50,8 @@ def check_allowed(host: Host, bdf: str) -> None:
         raise PassthroughError(f"{host.name}: {bdf} is not named in the inventory "
                                "(kvm_passthrough or kvm_sriov_pf); pytest-kvm never touches it")
     if bdf in management_devices(host):
-        raise PassthroughError(f"{host.name}: {bdf} carries the host's management connection; "
-                               "refusing to unbind it")
+        raise PassthroughError(f"{host.name}: {bdf} carries the host's management connection "
+                               "(itself, or through one of its VFs); refusing to touch it")
 
 
 def iommu_group(host: Host, bdf: str) -> tuple[str, list[str]]:

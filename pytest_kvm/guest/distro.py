@@ -26,6 +26,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from ..files import copy_atomic
 from .image import cache_root
 
 log = logging.getLogger("pytest_kvm.guest")
@@ -118,7 +119,7 @@ def build(out: str | Path | None = None) -> Path:
                 _build(cached)
     if target != cached:
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(cached, target)
+        copy_atomic(cached, target)  # (a link planted at --out is replaced, not followed)
     return target
 
 

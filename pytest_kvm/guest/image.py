@@ -10,6 +10,7 @@ serial console. Results are cached by content hash under the user's cache direct
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import lzma
@@ -26,6 +27,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from ..errors import KvmError
+from ..files import private_dir
 
 BUILDER_VERSION = "4"
 READY_MARKER = "PYTEST-KVM-READY"
@@ -174,8 +176,16 @@ class MicroImage:
 
 
 def cache_root() -> Path:
+    """The controller's cache ($XDG_CACHE_HOME/pytest-kvm, or ~/.cache/pytest-kvm), made 0700
+    and checked, with everything in it, before its first use in this process: a kernel or
+    image another user could have planted is never booted."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "pytest-kvm"
+    return _checked_cache(str(Path(base) / "pytest-kvm"))
+
+
+@functools.cache
+def _checked_cache(path: str) -> Path:
+    return private_dir(path, "the controller's cache")
 
 
 def _sh(*argv: str, cwd: str | None = None) -> str:

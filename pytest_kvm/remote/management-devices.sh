@@ -1,7 +1,8 @@
 #!/bin/sh
 # The PCI functions that carry the host's management connection: the interfaces of the
 # default routes and of the SSH session (plus any named as arguments), followed down through
-# bridges, bonds, VLANs, macvlans and teams (their lower_* links) to the devices under them.
+# bridges, bonds, VLANs, macvlans and teams (their lower_* links) to the devices under them;
+# for an SR-IOV VF, its PF too (a change of the PF's VFs would take the VF away).
 # Prints one PCI address per line.
 set -u
 ifs="$*"
@@ -20,6 +21,10 @@ visit() {
   if [ -e "$d/device" ]; then
     readlink -f "$d/device" | tr / '\n' |
       grep -E '^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$' | tail -n1
+    if [ -e "$d/device/physfn" ]; then
+      pf=$(readlink -f "$d/device/physfn")
+      echo "${pf##*/}"
+    fi
   fi
   for lower in "$d"/lower_*; do
     [ -e "$lower" ] && visit "${lower##*/lower_}"

@@ -386,9 +386,12 @@ def test_a_disk_found_on_shared_storage_is_never_taken_over(rig_session, tmp_pat
     as_nobody("qemu-img", "create", "-q", "-f", "qcow2", planted, "64M")
     before = open(planted, "rb").read()
     spec = GuestSpec(name="img", serial=True, shell=True, disks=(Disk(path=planted),))
+    host = rig_session.host("host1")
+    runs = host.run(["ls", f"{host.workdir}/run"], check=False).stdout
     with pytest.raises(KvmError, match="File exists|exists"):
-        rig_session.start_guest(rig_session.host("host1"), spec, "planted")
+        rig_session.start_guest(host, spec, "planted")
     assert open(planted, "rb").read() == before
+    assert host.run(["ls", f"{host.workdir}/run"], check=False).stdout == runs  # its run dir went
 
 
 def test_a_shared_storage_dir_others_could_write_is_refused(rig_session, shared):

@@ -568,9 +568,13 @@ def _start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, s
     prepare.append(remote.argv("write", shlex.join(rendered.argv) + "\n", f"{rundir}/cmdline"))
     script = " && ".join(shlex.join(step) for step in prepare)
     host.run(["mkdir", "-p", f"{host.workdir}/cache"], timeout=30)
-    host.run(script, timeout=120)
-    for overlay in shared:  # what the source made, or the run's own disk: checked anyway
-        untrusted_image(host, overlay, "qcow2", overlay=True)
+    try:
+        host.run(script, timeout=120)
+        for overlay in shared:  # what the source made, or the run's own disk: checked anyway
+            untrusted_image(host, overlay, "qcow2", overlay=True)
+    except BaseException:  # (nothing started: the run dir goes, a refused disk stays)
+        host.run(["rm", "-rf", "--", rundir], check=False, timeout=60)
+        raise
     if spec.cloud_init:
         local = tempfile.mkdtemp(prefix="pytest-kvm-seed-")
         try:

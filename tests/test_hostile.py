@@ -603,3 +603,23 @@ def test_results_hold_host_output_for_the_user_alone(rig, tmp_path):
     results = tmp_path / "reports" / "allure-results"
     assert any(results.iterdir())
     assert os.stat(results).st_mode & 0o077 == 0
+
+
+def test_a_migration_console_drops_an_endless_line_and_reads_on(hostile_guest, caplog):
+    """The migration's console reader (heartbeats, counter lines): a 6 MB line is dropped
+    past the limit (said once), the beat after it is read."""
+    import logging
+
+    from pytest_kvm.features.migration import CounterWatch
+
+    watch = CounterWatch()
+    watch.attach(hostile_guest, "source")
+    try:
+        with caplog.at_level(logging.WARNING, logger="pytest_kvm.migration"):
+            hostile_guest.sh("{ head -c 6000000 /dev/zero | tr '\\0' x; echo; "
+                             "echo PKVM-BEAT 7; } > /dev/hvc0", timeout=120)
+            watch.wait_beats("source", 1, 60)
+        assert [b[1] for b in watch.beats] == [7]
+        assert "host1/hostile: a console line longer than 4194304 bytes: dropped" in caplog.text
+    finally:
+        watch.close()

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 from .. import remote
-from ..errors import KvmError
+from ..errors import GUEST_MAX_LINE, KvmError
 from ..guest import Guest, GuestSpec, memstamp
 from ..host import Host
 from ..waiting import first_within, wait_until
@@ -78,7 +78,10 @@ class CounterWatch:
         self._streams.append(stream)
 
         def pump() -> None:
-            buf = b""
+            # Lines in time linear in their length; one longer than GUEST_MAX_LINE (no
+            # counter line is) is dropped, not kept growing: the guest is untrusted.
+            pending: list[bytes] = []
+            size, dropping = 0, False
             while True:
                 try:
                     data = stream.recv(4096, timeout=None)
@@ -87,8 +90,18 @@ class CounterWatch:
                 if not data:
                     return
                 now = time.monotonic()
-                buf += data
-                *complete, buf = buf.split(b"\n")
+                *complete, rest = data.split(b"\n")
+                if complete:
+                    head = b"".join([*pending, complete[0]])
+                    complete[0] = b"" if dropping else head
+                    pending, size, dropping = [], 0, False
+                pending.append(rest)
+                size += len(rest)
+                if size > GUEST_MAX_LINE:
+                    if not dropping:
+                        log.warning("%s/%s: a console line longer than %d bytes: dropped",
+                                    guest.host.name, guest.spec.name, GUEST_MAX_LINE)
+                    pending, size, dropping = [], 0, True
                 for raw in complete:
                     text = raw.decode(errors="replace")
                     beat = BEAT_RE.search(text)
@@ -104,10 +117,16 @@ class CounterWatch:
 
         threading.Thread(target=pump, daemon=True, name=f"counter-{side}").start()
 
+    def _count(self, beats: bool, side: str) -> int:
+        with self._lock:  # (the pump appends meanwhile)
+            if beats:
+                return sum(1 for beat in self.beats if beat[2] == side)
+            return sum(1 for line in self.lines if line.side == side)
+
     def wait_lines(self, side: str, count: int, timeout: float) -> None:
         """WaitTimeout when the guest's counter did not print ``count`` lines on the console
         of this side in time."""
-        wait_until(lambda: sum(1 for line in self.lines if line.side == side) >= count,
+        wait_until(lambda: self._count(False, side) >= count,
                    timeout, f"{count} counter lines on the {side} console", step=0.1)
 
     def gap(self, since: float) -> float:
@@ -129,7 +148,7 @@ class CounterWatch:
         return [first[n] for n in sorted(first)]
 
     def wait_beats(self, side: str, count: int, timeout: float) -> None:
-        wait_until(lambda: sum(1 for beat in self.beats if beat[2] == side) >= count,
+        wait_until(lambda: self._count(True, side) >= count,
                    timeout, f"{count} heartbeats on the {side} console", step=0.05)
 
     def close(self) -> None:

@@ -15,7 +15,10 @@ class PrintableLogs:
     of whoever reads the captured log."""
 
     def filter(self, record) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format is the handler's to report, not ours
+            return True
         shown = printable(message, keep="\n\t")
         if shown != message:
             record.msg, record.args = shown, ()

@@ -9,6 +9,7 @@ reader sees the old file or the new one whole.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -27,42 +28,32 @@ class UnsafePath(KvmError):
 
 def write_atomic(path: str | os.PathLike, data: bytes | str, mode: int = 0o600) -> Path:
     """Write ``data`` to ``path``: a temp file (O_EXCL) in its directory, renamed over it."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        with _suppress():
-            os.unlink(tmp)
-        raise
-    return target
+    return _replace(path, mode, lambda out: out.write(
+        data.encode() if isinstance(data, str) else data))
 
 
 def copy_atomic(source: str | os.PathLike, path: str | os.PathLike, mode: int = 0o644) -> Path:
     """Copy ``source`` to ``path`` as write_atomic does (a link at ``path`` is replaced)."""
+    def fill(out) -> None:
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+
+    return _replace(path, mode, fill)
+
+
+def _replace(path: str | os.PathLike, mode: int, fill) -> Path:
     target = Path(path)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-            shutil.copyfileobj(src, out, 1 << 20)
+        with os.fdopen(fd, "wb") as out:
+            fill(out)
         os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
-        with _suppress():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     return target
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        return exc[0] is not None and issubclass(exc[0], OSError)
 
 
 def _problem(path: str, st: os.stat_result, me: int) -> str | None:

@@ -466,24 +466,24 @@ def test_a_hostile_agent_gives_the_agents_own_error(hostile_guest, sent, call, e
         agent.close()
 
 
-def test_a_guests_console_is_bounded_per_line_and_per_reply(hostile_guest):
-    """A line past the limit, or a reply past it, is a clear error (the command is
-    interrupted) and the console still works after."""
+@pytest.mark.parametrize("limit, command, message", [
+    ("max_line", "head -c 200000 /dev/zero | tr '\\0' a", "a line longer than 50000"),
+    ("max_reply", "seq 1 100000", "more than 50000"),
+])
+def test_a_guests_console_is_bounded_per_line_and_per_reply(hostile_guest, limit, command,
+                                                            message):
+    """A line past the limit, or a reply past it (50 kB here), is a clear error (the command
+    is interrupted) and the console still works after."""
     from pytest_kvm.errors import OutputTooLong
 
     shell = hostile_guest.shell
-    shell.max_line = 50000
+    default = getattr(shell, limit)
+    setattr(shell, limit, 50000)
     try:
-        with pytest.raises(OutputTooLong, match="printed a line longer than 50000 characters"):
-            hostile_guest.run("head -c 200000 /dev/zero | tr '\\0' a")
+        with pytest.raises(OutputTooLong, match=f"printed {message} characters"):
+            hostile_guest.run(command)
     finally:
-        shell.max_line = 4 * 1024 * 1024
-    shell.max_reply = 100000
-    try:
-        with pytest.raises(OutputTooLong, match="printed more than 100000 characters"):
-            hostile_guest.run("seq 1 100000")
-    finally:
-        shell.max_reply = 48 * 1024 * 1024
+        setattr(shell, limit, default)
     assert hostile_guest.run("echo ok", timeout=60) == (0, "ok\n")
 
 

@@ -33,7 +33,7 @@ class Console(SpawnBase):
         self.prompt = prompt
         self.closed = False
         self.max_reply, self.max_line = GUEST_MAX_REPLY, GUEST_MAX_LINE
-        self._read = 0  # characters read since the command began (run), or since the start
+        self._read = 0  # characters read by the current expect (a command's output)
         self._line = 0  # characters read since the last newline
 
     def read_nonblocking(self, size: int = 1, timeout: float | None = -1) -> str:
@@ -61,6 +61,17 @@ class Console(SpawnBase):
                                 f"limit) on its console")
         self._log(text, "read")
         return text
+
+    # pexpect's waits (expect, expect_exact), with what one wait may read bounded (max_reply):
+    # a guest that floods its console while we wait for a marker is an error, not a buffer
+    # that grows until the deadline.
+    def expect_list(self, *args, **kw):
+        self._read = 0
+        return super().expect_list(*args, **kw)
+
+    def expect_exact(self, *args, **kw):
+        self._read = 0
+        return super().expect_exact(*args, **kw)
 
     def send(self, s: str) -> int:
         data = s.encode() if isinstance(s, str) else s
@@ -99,7 +110,6 @@ class Console(SpawnBase):
         begin, end = f"__PKVM_B{tag}", f"__PKVM_E{tag}"
         command = command.strip().rstrip(";").rstrip()  # `cmd;; echo` is a syntax error too
         sep = " " if command.endswith("&") else "; "  # `cmd & ;` is a syntax error
-        self._read = 0
         try:
             self.sendline(f"echo {begin[:4]}''{begin[4:]}; {command}{sep}"
                           f"echo {end[:4]}''{end[4:]} $?")

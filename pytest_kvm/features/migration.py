@@ -310,14 +310,15 @@ def migrate(source: Guest, destination: Guest, stream: Stream, *,
                        destination_qemu=destination.host.facts.qemu_version)
     uri = stream.uri()
     for guest, endpoint in ((destination, "server"), (source, "client")):
-        # both ends must agree, or the migration fails; a guest that went over TLS before
-        # (its last hop) and goes plain now has its credentials unset
+        # both ends must agree, or the migration fails
         if stream.tls is not None:
             params = {"tls_creds": _tls_creds(guest, stream.tls, endpoint)}
             if endpoint == "client":
                 params["tls_hostname"] = stream.address
             guest.qmp.execute("migrate-set-parameters", **params)
-        elif getattr(guest, "_tls_endpoint", None) is not None:
+        elif endpoint == "client" and getattr(guest, "_tls_endpoint", None) is not None:
+            # a source that came over TLS (its last hop) sends plain now; a destination that
+            # requires TLS is left requiring it
             guest.qmp.execute("migrate-set-parameters", tls_creds="")
     both = {"postcopy-ram": postcopy, "multifd": multifd_channels > 0}  # on both ends
     caps = {"events": True, "auto-converge": auto_converge, "xbzrle": xbzrle_cache > 0, **both}

@@ -360,6 +360,12 @@ def replay_dead_journals(host: Host, current_run: str | None) -> list[str]:
     return undone
 
 
+def _unsafe_fields(rest: str) -> list[str]:
+    """(path, owner uid, mode) of workdir.sh's "unsafe <path> <uid> <mode>" (a path may hold
+    spaces)."""
+    return (rest.rsplit(" ", 2) + ["?", "?"])[:3]
+
+
 class UnsafeWorkdir(KvmError):
     """The work dir, or a directory above it, could be written by another user."""
 
@@ -512,7 +518,7 @@ class Host:
         fix = ("remove it (what another user left inside would stay if you made it yours), "
                "or set kvm_workdir to a directory only you can write")
         if word == "unsafe":
-            path, uid, mode = (rest.rsplit(" ", 2) + ["?", "?"])[:3]
+            path, uid, mode = _unsafe_fields(rest)
             raise UnsafeWorkdir(
                 f"{self.name}: work dir {shown} is not safe: {printable(path)} belongs to uid "
                 f"{uid} with mode {mode}, so another user could plant files that pytest-kvm "
@@ -534,7 +540,7 @@ class Host:
         if r.ok and word == "ok":
             return None
         if word == "unsafe":
-            where, uid, mode = (rest.rsplit(" ", 2) + ["?", "?"])[:3]
+            where, uid, mode = _unsafe_fields(rest)
             return (f"{self.name}: shared storage {printable(path)} is not safe: "
                     f"{printable(where)} belongs to uid {uid} with mode {mode}, so another "
                     f"user could replace a disk a guest runs on; make it root's and sticky "

@@ -556,15 +556,15 @@ def _start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, s
     rendered = render(spec, qemu=host.qemu, accel=accel, rundir=rundir, proc_name=proc_name,
                       kernel=kernel, initrd=initrd, disk_bases=bases, seed=seed,
                       uefi_code=uefi_code, ssh_port=ssh_port)
+    shared = [o for o, _, _ in rendered.overlays if not o.startswith(rundir + "/")]
     for overlay, base, fmt in rendered.overlays:
         create = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", base, overlay]
-        if overlay.startswith(rundir + "/"):
+        if overlay not in shared:
             prepare.append(create)
         elif spec.incoming is None:  # on shared storage, made by the first guest (a
             # migration's source): created exclusively (noclobber), never one found there
             prepare.append(["sh", "-c", 'set -C; f=$1; shift; : > "$f" && exec "$@"',
                             "shared-disk", overlay, *create])
-    shared = [o for o, _, _ in rendered.overlays if not o.startswith(rundir + "/")]
     prepare.append(remote.argv("write", shlex.join(rendered.argv) + "\n", f"{rundir}/cmdline"))
     script = " && ".join(shlex.join(step) for step in prepare)
     host.run(["mkdir", "-p", f"{host.workdir}/cache"], timeout=30)

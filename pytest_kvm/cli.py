@@ -124,7 +124,7 @@ def inventory(args: argparse.Namespace) -> int:
         if args.host not in model.hosts:
             print(f"{', '.join(args.inventory)}: no host named {args.host!r}", file=sys.stderr)
             return 1
-        print(resolve.dumps(resolver.plain(args.host)))
+        print(resolve.dumps(resolver.plain(args.host), unsafe=False))
     else:
         print(resolve.dumps(resolver.as_list()))
     return 0

@@ -261,7 +261,7 @@ def test_what_ansible_skips_is_a_warning_naming_it(tmp_path):
                       "inv/b.yml": "g:\n  hosts:\n    h2:\n  bogus: {x: 1}\n"})
     inv = load(tmp_path / "inv")
     assert sorted(inv.hosts) == ["h", "h2"]
-    assert any(w.startswith(f"{tmp_path}/inv/notes:1: skipped, not an inventory")
+    assert any(w.startswith(f"{tmp_path}/inv/notes:1: not an inventory")
                for w in inv.warnings), inv.warnings
     assert f"{tmp_path}/inv/b.yml:4: skipping key 'bogus' of group 'g': only vars, children " \
            "and hosts are valid" in inv.warnings

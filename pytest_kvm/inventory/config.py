@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 import shlex
 from collections.abc import Callable, Mapping
@@ -462,6 +463,8 @@ def build(name: str, values: Mapping[str, Value], groups: tuple[str, ...],
                                      "pytest-kvm cannot decrypt; give it in plain text "
                                      "(or, for a password, use an SSH key)")
         raw = renderer.render(source, value)
+        if isinstance(raw, str) and yamlload.not_utf8(raw):
+            raise value.origin.error(f"{source} is not UTF-8 text; save the file as UTF-8")
         try:
             fields[spec.field] = spec.parse(raw)
         except ValueError as exc:
@@ -504,12 +507,18 @@ def keeps_nothing(known_hosts: str) -> bool:
 def _warn_unknown(key: str, origin: Origin, warnings: list[str]) -> None:
     if key.startswith("ansible_"):
         return  # Ansible's own variables are not ours to judge
-    close = difflib.get_close_matches(key, list(KEYS), n=1, cutoff=0.75)
+    close = _close_keys(key)
     if key.startswith("kvm_") or close:
         more = f"; did you mean {close[0]!r}?" if close else " (ignored)"
         message = f"{origin}: unknown key {key!r}{more}"
         if message not in warnings:
             warnings.append(message)
+
+
+@functools.lru_cache(maxsize=4096)
+def _close_keys(key: str) -> list[str]:
+    """pytest-kvm's key a name is close to (asked once per name, not once per host)."""
+    return difflib.get_close_matches(key, list(KEYS), n=1, cutoff=0.75)
 
 
 def _ssh_args(value: str, origin: Origin) -> dict[str, Any]:

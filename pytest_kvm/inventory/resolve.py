@@ -16,8 +16,8 @@ from typing import Any
 
 from . import yamlload
 from .config import secret_names
-from .model import INTERNAL_VARS, Model, Origin, Value
-from .sources import load_vars_file, vars_files
+from .model import INTERNAL_VARS, Model, Origin, Value, var_name
+from .sources import list_folder, load_vars_file, vars_files
 
 HIDDEN = "***"  # a secret's value in what is printed
 
@@ -29,11 +29,23 @@ class Resolver:
         self.model = model
         self.reveal_secrets = reveal_secrets
         self._files: dict[Path, dict[str, tuple[Any, Origin]]] = {}
+        self._folders: dict[str, frozenset[str] | None] = {}
+        self._groups: dict[str, dict[str, Value]] = {}  # each group's group_vars/, merged
+
+    def _folder(self, folder: str) -> frozenset[str] | None:
+        if folder not in self._folders:
+            self._folders[folder] = list_folder(folder)
+        return self._folders[folder]
+
+    def _group_file_vars(self, name: str) -> dict[str, Value]:
+        if name not in self._groups:
+            self._groups[name] = self._file_vars("group_vars", name)
+        return self._groups[name]
 
     def _file_vars(self, kind: str, name: str) -> dict[str, Value]:
         out: dict[str, Value] = {}
         for base in self.model.vars_dirs:
-            for path in vars_files(base, kind, name):
+            for path in vars_files(base, kind, name, self._folder):
                 if path not in self._files:
                     self._files[path] = load_vars_file(path)
                 out.update({k: Value(v, o) for k, (v, o) in self._files[path].items()})
@@ -52,9 +64,9 @@ class Resolver:
         out.update(inventory_vars("all"))
         for g in groups:
             out.update(inventory_vars(g))
-        out.update(self._file_vars("group_vars", "all"))
+        out.update(self._group_file_vars("all"))
         for g in groups:
-            out.update(self._file_vars("group_vars", g))
+            out.update(self._group_file_vars(g))
         out.update({k: Value(v, host.origins[k]) for k, v in host.vars.items()})
         out.update(self._file_vars("host_vars", name))
         return {k: v for k, v in out.items() if k not in INTERNAL_VARS}
@@ -98,21 +110,30 @@ class Resolver:
         return {k: HIDDEN if k in hidden else v.value for k, v in values.items()}
 
 
-def _jsonable(value: Any) -> Any:
-    """Values as ansible-inventory encodes them (its legacy JSON profile)."""
+def _jsonable(value: Any, unsafe: bool) -> Any:
+    """Values as ansible-inventory encodes them (its legacy JSON profile): keys that are not
+    strings as JSON writes them, text that was not UTF-8 with "?" for each byte that was not
+    (as ansible-inventory displays it), ``!unsafe`` text marked where ``unsafe``."""
     if isinstance(value, yamlload.Unsafe):
-        return {"__ansible_unsafe": str(value)}
+        return {"__ansible_unsafe": _text(value)} if unsafe else _text(value)
     if isinstance(value, yamlload.Vaulted):
         return {"__ansible_vault": value.ciphertext}
+    if isinstance(value, str):
+        return _text(value)
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {_text(var_name(k)): _jsonable(v, unsafe) for k, v in value.items()}
     if isinstance(value, (list, tuple, set)):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, unsafe) for v in value]
     if isinstance(value, (datetime.date, datetime.datetime)):
         return value.isoformat()
     return value
 
 
-def dumps(data: Any) -> str:
-    """JSON as ansible-inventory prints it (sorted keys, 4-space indent)."""
-    return json.dumps(_jsonable(data), sort_keys=True, indent=4)
+def _text(value: str) -> str:
+    return value.encode("utf-8", "replace").decode() if yamlload.not_utf8(value) else str(value)
+
+
+def dumps(data: Any, unsafe: bool = True) -> str:
+    """JSON as ansible-inventory prints it (sorted keys, 4-space indent); ``unsafe=False``
+    for ``--host``, whose values come through Ansible's variable manager, unmarked."""
+    return json.dumps(_jsonable(data, unsafe), sort_keys=True, indent=4)

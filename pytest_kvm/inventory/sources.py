@@ -13,14 +13,13 @@ Errors are :class:`InventoryError`: one line, ``file:line: what is wrong``.
 from __future__ import annotations
 
 import ast
-import copy
 import logging
 import os
 import re
 import shlex
 import string
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +63,7 @@ def read(path: str | Path, model: Model | None = None) -> Model:
         _read_dir(p, model)
     else:
         _read_file(p, model, in_dir=False)
-    model.vars_dirs.append(str(p if p.is_dir() else p.parent))
+    model.vars_dirs.append(os.path.realpath(p if p.is_dir() else p.parent))
     return model
 
 
@@ -118,13 +117,11 @@ def _read_file(path: Path, model: Model, in_dir: bool) -> None:
         readers.append(_read_ini)
     failures: list[NotThisFormat] = []
     for reader in readers:
-        staged = copy.deepcopy(model)  # a reader that fails leaves nothing behind
-        try:
-            reader(text, shown, staged)
+        try:  # as Ansible: what a reader added before it failed stays
+            reader(text, shown, model)
         except NotThisFormat as exc:
             failures.append(exc)
             continue
-        vars(model).update(vars(staged))
         log.debug("%s: read as %s", shown, reader.__name__.removeprefix("_read_"))
         return
     if ext == ".toml":
@@ -134,7 +131,8 @@ def _read_file(path: Path, model: Model, in_dir: bool) -> None:
     # as YAML, INI otherwise.
     last = next((f for f in failures if f.fits or ext in YAML_EXTS), failures[-1])
     if in_dir:
-        model.warn(f"{Origin(shown, last.line)}: skipped, not an inventory: {last.message}")
+        model.warn(f"{Origin(shown, last.line)}: not an inventory ({last.message}); what it "
+                   "held before that line is kept, as Ansible keeps it")
         return
     raise InventoryError(shown, last.line, last.message)
 
@@ -167,6 +165,9 @@ def _read_ini(text: str, path: str, model: Model) -> None:
             if not line or line[0] in "#;":
                 continue
             origin = Origin(path, lineno)
+            if yamlload.not_utf8(line):
+                model.warn(f"{origin}: is not UTF-8 text; read as Ansible reads it, and shown "
+                           "with '?' for each byte that is not")
             m = _SECTION.match(line)
             if m:
                 group, state = m.group(1), m.group(2) or "hosts"
@@ -199,7 +200,7 @@ def _read_ini(text: str, path: str, model: Model) -> None:
                     raise fail(f"expected one group name per line in [{group}:children]")
                 child = m.group(1)
                 if child in model.groups:
-                    model.add_child(group, child)
+                    model.add_child(group, child, origin)
                 elif child in pending:
                     pending[child].setdefault("parents", []).append(group)
                 else:
@@ -238,7 +239,7 @@ def _ini_host_line(line: str, group: str, origin: Origin, model: Model, fail) ->
     for name in names:
         model.add_host(name, group, origin, port)
         for key, value in variables.items():
-            model.set_host_var(name, key, value, origin)
+            model.set_variable(name, key, value, origin)
 
 
 def _shown_token(token: str) -> str:
@@ -362,6 +363,8 @@ def _read_yaml(text: str, path: str, model: Model) -> None:
     """Ansible's YAML inventory: groups at the top level, each with hosts/vars/children."""
     try:
         data = yamlload.load(text)
+    except yamlload.LoadError as exc:
+        raise NotThisFormat(yamlload.where(exc), exc.problem, fits=exc.fits) from None
     except yaml.YAMLError as exc:
         raise NotThisFormat(yamlload.where(exc), f"is not valid YAML: "
                             f"{getattr(exc, 'problem', None) or exc}") from None
@@ -392,7 +395,8 @@ def _yaml_group(name: Any, body: Any, origin: Origin, path: str, model: Model) -
         model.warn(f"{origin}: skipping {name!r}: not a valid group definition")
         return name
     if not isinstance(name, str) or not name:
-        raise _YamlError(origin.line, f"group name {name!r} must be a non-empty string")
+        raise _YamlError(origin.line, f"group name {name!r} must be a non-empty string"
+                         + ("; put quotes around it" if name else ""))
     model.add_group(name)
     if body is None:
         return name
@@ -421,7 +425,7 @@ def _yaml_group(name: Any, body: Any, origin: Origin, path: str, model: Model) -
                 child_origin = Origin(path, yamlload.line_of(value, child) or here.line)
                 child = _yaml_group(child, child_body, child_origin, path, model)
                 try:
-                    model.add_child(name, child)
+                    model.add_child(name, child, child_origin)
                 except ValueError as exc:
                     raise _YamlError(child_origin.line, str(exc)) from None
         elif key == "hosts":
@@ -438,7 +442,7 @@ def _yaml_group(name: Any, body: Any, origin: Origin, path: str, model: Model) -
                 for host in names:
                     model.add_host(host, name, host_origin, port)
                     for var, val in host_vars.items():
-                        model.set_host_var(host, var, val, Origin(
+                        model.set_variable(host, var, val, Origin(
                             path, yamlload.line_of(host_vars, var) or host_origin.line))
         else:
             model.warn(f"{here}: skipping key {key!r} of group {name!r}: only vars, children "
@@ -447,18 +451,33 @@ def _yaml_group(name: Any, body: Any, origin: Origin, path: str, model: Model) -
 
 
 # -- group_vars/ and host_vars/ --------------------------------------------------------------
-def vars_files(base: str, kind: str, name: str) -> list[Path]:
-    """The variable files of a group or host beside an inventory, in Ansible's order."""
+def vars_files(base: str, kind: str, name: str,
+               entries: Callable[[str], frozenset[str] | None] | None = None) -> list[Path]:
+    """The variable files of a group or host beside an inventory, in Ansible's order.
+
+    ``entries`` lists a folder (or None where there is none); a caller resolving many hosts
+    passes a cached one, so each folder is listed once rather than probed per host."""
     if not name or name.startswith(os.sep):
         return []
-    folder = Path(os.path.realpath(base)) / kind
-    if not folder.is_dir():
+    folder = os.path.join(base, kind)
+    present = (entries or list_folder)(folder)
+    if present is None:
         return []
     for ext in ("", *VARS_EXTS):
-        candidate = folder / (name + ext)
+        if os.sep not in name and name + ext not in present:
+            continue
+        candidate = Path(folder, name + ext)
         if candidate.exists():
             return _dir_files(candidate) if candidate.is_dir() else [candidate]
     return []
+
+
+def list_folder(folder: str) -> frozenset[str] | None:
+    """The names in a folder; None where it is not one."""
+    try:
+        return frozenset(os.listdir(folder))
+    except (NotADirectoryError, FileNotFoundError):
+        return None
 
 
 def _dir_files(folder: Path) -> list[Path]:
@@ -485,6 +504,8 @@ def load_vars_file(path: Path) -> dict[str, tuple[Any, Origin]]:
                              "pytest-kvm uses in plain text")
     try:
         data = yamlload.load(text)
+    except yamlload.LoadError as exc:
+        raise InventoryError(shown, yamlload.where(exc), exc.problem) from None
     except yaml.YAMLError as exc:
         raise InventoryError(shown, yamlload.where(exc), f"is not valid YAML: "
                              f"{getattr(exc, 'problem', None) or exc}") from None

@@ -1,13 +1,18 @@
 """YAML (and JSON) as Ansible loads it, with the line of every mapping key.
 
-PyYAML's safe loader (the library Ansible uses), plus Ansible's tags: ``!unsafe`` (a plain
-string here: nothing is templated from it) and ``!vault`` (kept as :class:`Vaulted`, which
-pytest-kvm cannot decrypt). Mappings come back as :class:`Lines`, a dict that knows the line
-of each key.
+As Ansible's ``from_yaml``: the text is read as JSON first (Python's decoder: exponents,
+``NaN``/``Infinity``, surrogate-pair escapes; an object holding ``__ansible_unsafe`` or
+``__ansible_vault`` is that value), and only where it is not JSON as YAML, with PyYAML's safe
+loader (the library Ansible uses) plus Ansible's tags: ``!unsafe`` (a plain string here:
+nothing is templated from it) and ``!vault`` (kept as :class:`Vaulted`, which pytest-kvm
+cannot decrypt). Text that is not UTF-8 is refused with its line, as Ansible refuses it.
+Mappings come back as :class:`Lines`, a dict that knows the line of each key.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import yaml
@@ -55,6 +60,9 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> Lines:
         except TypeError:
             raise yaml.constructor.ConstructorError(
                 None, None, "found an unhashable key", key_node.start_mark) from None
+        if not (key is None or isinstance(key, (str, bool, int, float))):
+            _refuse(key_node.start_mark, f"the key {key_node.value!r} is a "
+                    f"{type(key).__name__}; put quotes around it")
         out[key] = loader.construct_object(value_node, deep=True)
         out.lines[key] = key_node.start_mark.line + 1
     return out
@@ -66,9 +74,96 @@ for _tag in ("!vault", "!vault-encrypted"):
     _Loader.add_constructor(_tag, lambda loader, node: Vaulted(loader.construct_scalar(node)))
 
 
+_Loader.add_constructor("tag:yaml.org,2002:binary", lambda loader, node: _refuse(
+    node.start_mark, "a !!binary value: pytest-kvm reads text; give it as a string"))
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def not_utf8(text: str) -> bool:
+    """Whether text holds what is no Unicode character (bytes read that were not UTF-8)."""
+    return _SURROGATE.search(text) is not None
+
+
+class LoadError(yaml.MarkedYAMLError):
+    """What cannot be read, at a line; ``fits``: the text is YAML, its content is wrong."""
+
+    def __init__(self, index: int, line: int, problem: str, fits: bool = False):
+        super().__init__(problem=problem,
+                         problem_mark=yaml.Mark("<text>", index, line, 0, None, None))
+        self.fits = fits
+
+    def __str__(self) -> str:
+        return self.problem
+
+
+def _refuse(mark: yaml.Mark, problem: str):
+    raise LoadError(mark.index, mark.line, problem, fits=True)
+
+
 def load(text: str) -> Any:
-    """Parse one YAML document (JSON is YAML too); raises yaml.YAMLError."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader with Ansible's tags
+    """Parse one document as Ansible does: JSON first, then YAML; raises yaml.YAMLError."""
+    bad = _SURROGATE.search(text)
+    if bad:  # bytes that are not UTF-8, kept as surrogate escapes when the file was read
+        _refuse_at(text, bad.start(), "is not UTF-8 text; save it as UTF-8")
+    try:
+        data = json.loads(text, object_pairs_hook=_json_object)
+    except ValueError:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader with Ansible's tags
+    if isinstance(data, (dict, list)):
+        _check_json_text(data, text)
+        try:  # the lines of the keys, from the same text read as YAML (where it reads)
+            _graft_lines(data, yaml.load(text, Loader=_Loader))  # noqa: S506
+        except yaml.YAMLError:
+            pass
+    return data
+
+
+def _refuse_at(text: str, index: int, problem: str) -> None:
+    raise LoadError(index, text.count("\n", 0, index), problem)
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> Any:
+    out = Lines(pairs)
+    out.lines = {}
+    if "__ansible_unsafe" in out:  # Ansible's legacy JSON profile
+        return Unsafe(_json_str(out, "__ansible_unsafe"))
+    if "__ansible_vault" in out:
+        return Vaulted(_json_str(out, "__ansible_vault"))
+    return out
+
+
+def _json_str(obj: dict, key: str) -> str:
+    if not isinstance(obj[key], str):
+        raise ValueError(f"{key} must be a string")  # not JSON then, as for Ansible
+    return obj[key]
+
+
+def _check_json_text(data: Any, text: str) -> None:
+    """A string with half a surrogate pair (``"\\ud800"``) is refused, as Ansible refuses it."""
+    todo = [data]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+        elif isinstance(item, str) and _SURROGATE.search(item):
+            index = max(text.lower().find("\\ud"), 0)
+            _refuse_at(text, index, "has a \\u escape that is half a surrogate pair, which is "
+                       "no Unicode text; write the whole pair or the character itself")
+
+
+def _graft_lines(data: Any, shadow: Any) -> None:
+    if isinstance(data, Lines) and isinstance(shadow, dict):
+        data.lines = {k: line for k, line in getattr(shadow, "lines", {}).items() if k in data}
+        for key, value in data.items():
+            if key in shadow:
+                _graft_lines(value, shadow[key])
+    elif isinstance(data, list) and isinstance(shadow, list):
+        for value, other in zip(data, shadow, strict=False):
+            _graft_lines(value, other)
 
 
 def where(error: yaml.YAMLError) -> int | None:

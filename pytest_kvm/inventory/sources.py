@@ -373,6 +373,12 @@ def _read_yaml(text: str, path: str, model: Model) -> None:
     if not isinstance(data, Mapping):
         raise NotThisFormat(None, "is YAML but not an inventory: the top level must map "
                             "group names to groups")
+    meta = data.get("_meta")
+    if isinstance(meta, Mapping) and "hostvars" in meta:
+        raise NotThisFormat(yamlload.line_of(data, "_meta"), "is ansible-inventory --list "
+                            "output (an inventory script's format), which Ansible does not "
+                            "read as an inventory: write it with ansible-inventory --list "
+                            "--yaml", fits=True)
     if data.get("plugin"):
         raise NotThisFormat(yamlload.line_of(data, "plugin"), "is an inventory plugin "
                             f"configuration (plugin: {data['plugin']}); pytest-kvm reads static "

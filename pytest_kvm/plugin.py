@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from . import inventory as inv
-from . import remote, reporting
+from . import registry, remote, reporting
 from .errors import InventoryError, KvmError, escape_logs
 from .figures import FILE_NAME, Figure, RunFigures
 from .files import write_atomic
@@ -123,10 +123,9 @@ def _run_identity() -> tuple[Owner, str]:
 
 @pytest.hookimpl(tryfirst=True)  # before allure-pytest reads --alluredir
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "kvm_suite(name): the suite this module belongs to "
-                            "(hosts take part through the inventory key kvm_suites)")
-    config.addinivalue_line("markers", "kvm_devices(key): parametrise kvm_pci over the PCI "
-                            "addresses each host names under this inventory key")
+    config.addinivalue_line("markers", "kvm_suite(name): the suite this module belongs to, "
+                            "declared in pytest_kvm.registry (hosts take part through the "
+                            "inventory key kvm_suites)")
     config.stash[SESSION_KEY] = None
     config.stash[FAILED_KEY] = set()
     escape_logs()
@@ -252,13 +251,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "kvm_host" not in metafunc.fixturenames and "kvm_pair" not in metafunc.fixturenames:
         return
+    suite = declared_suite(metafunc)
     session = metafunc.config.stash.get(SESSION_KEY, None)
     if session is None:
         used = "kvm_pair" if "kvm_pair" in metafunc.fixturenames else "kvm_host"
         metafunc.parametrize(used, [pytest.param(None, marks=pytest.mark.skip(
             reason=NO_INVENTORY))], ids=["no-inventory"], indirect=True, scope="module")
         return
-    names = suite_hosts(session.inventory, metafunc.definition.get_closest_marker("kvm_suite"))
+    names = suite_hosts(session.inventory, suite)
     if "kvm_pair" in metafunc.fixturenames:
         # One test per (source, destination): each host with its kvm_migration_peer, or
         # with itself (two QEMU processes on one host).
@@ -266,10 +266,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         ids = [f"{a}-to-{b}" if a != b else f"{a}-self" for a, b in pairs]
         metafunc.parametrize("kvm_pair", pairs, ids=ids, indirect=True, scope="module")
         return
-    devices = metafunc.definition.get_closest_marker("kvm_devices")
-    if "kvm_pci" in metafunc.fixturenames and devices:
+    if "kvm_pci" in metafunc.fixturenames and suite is not None and suite.devices:
         # One test per (host, device the inventory names under that key).
-        key = devices.args[0]
+        key = suite.devices
         field = inv.KEYS[key].field
         pairs = [(n, bdf) for n in names
                  for bdf in getattr(session.inventory.hosts[n].config, field)]
@@ -286,12 +285,28 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("kvm_host", names, ids=names, indirect=True, scope="module")
 
 
-def suite_hosts(inventory, marker) -> list[str]:
-    """The hosts a suite runs on: all, or those whose kvm_suites names the suite's
-    ``@pytest.mark.kvm_suite(name)``. Sorted, so that xdist workers agree."""
-    suite = marker.args[0] if marker and marker.args else None
+def declared_suite(metafunc: pytest.Metafunc) -> registry.Suite | None:
+    """The suite a test's module declares with ``@pytest.mark.kvm_suite(name)`` (None for a
+    test of no suite, which runs on every host); a name that is not declared in the registry
+    fails collection in one line naming the file and the fix."""
+    marker = metafunc.definition.get_closest_marker("kvm_suite")
+    if marker is None:
+        return None
+    name = marker.args[0] if marker.args else None
+    suite = registry.get(name) if isinstance(name, str) else None
+    if suite is None:
+        pytest.fail(f"{metafunc.definition.nodeid.split('::')[0]}: kvm_suite({name!r}) is not a "
+                    f"declared suite, so it would run on no host; declare it once with "
+                    f"pytest_kvm.registry.register(Suite({name!r}, shape)) in a conftest.py "
+                    f"(declared: {', '.join(registry.names())})", pytrace=False)
+    return suite
+
+
+def suite_hosts(inventory, suite: registry.Suite | None) -> list[str]:
+    """The hosts a suite runs on: those whose kvm_suites names it (all, for a test of no
+    suite). Sorted, so that xdist workers agree."""
     return sorted(name for name, entry in inventory.hosts.items()
-                  if suite is None or suite in entry.config.suites)
+                  if suite is None or entry.config.takes_part(suite.name))
 
 
 # What a rerun (kvm_reruns) is for: a guest that died or hung, not a failed check.

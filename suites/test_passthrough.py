@@ -15,7 +15,7 @@ import pytest
 from pytest_kvm.features import vfio
 from pytest_kvm.guest import GuestSpec
 
-pytestmark = [pytest.mark.kvm_suite("passthrough"), pytest.mark.kvm_devices("kvm_passthrough")]
+pytestmark = pytest.mark.kvm_suite("passthrough")
 
 
 @pytest.fixture(scope="module")

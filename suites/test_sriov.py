@@ -14,7 +14,7 @@ import pytest
 from pytest_kvm.features import sriov, vfio
 from pytest_kvm.guest import GuestSpec
 
-pytestmark = [pytest.mark.kvm_suite("sriov"), pytest.mark.kvm_devices("kvm_sriov_pf")]
+pytestmark = pytest.mark.kvm_suite("sriov")
 
 
 @pytest.fixture(scope="module")

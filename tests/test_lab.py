@@ -105,7 +105,7 @@ FAILING = textwrap.dedent('''
     from test_sriov import pf, total, created  # noqa: F401 - the suite's own fixtures
     from test_passthrough import binding, original  # noqa: F401
 
-    pytestmark = [pytest.mark.kvm_suite("sriov"), pytest.mark.kvm_devices("kvm_sriov_pf")]
+    pytestmark = pytest.mark.kvm_suite("sriov")
 
     def test_fails_with_vfs_created(kvm_host, pf, created):
         assert kvm_host.pci(pf).numvfs > 0
@@ -115,8 +115,7 @@ FAILING_PT = textwrap.dedent('''
     import pytest
     from test_passthrough import binding, original  # noqa: F401
 
-    pytestmark = [pytest.mark.kvm_suite("passthrough"),
-                  pytest.mark.kvm_devices("kvm_passthrough")]
+    pytestmark = pytest.mark.kvm_suite("passthrough")
 
     def test_fails_with_device_on_vfio(kvm_host, kvm_pci, binding):
         assert kvm_host.pci(kvm_pci).driver == "vfio-pci"

@@ -128,6 +128,46 @@ def test_yaml_inventory_with_group_vars_runs(rig, suite):
         "seconds, got 'soon'"), r.stderr
 
 
+NEW_SUITE = textwrap.dedent("""
+    import pytest
+
+    pytestmark = pytest.mark.kvm_suite("uptime")
+
+    def test_host_is_up(kvm_host):
+        assert kvm_host.facts.kernel
+""")
+
+
+def test_a_suite_declared_in_its_one_place_runs_with_no_other_edit(rig, tmp_path):
+    """A new suite file plus its one declaration (a conftest.py beside it): the inventory
+    accepts its name in kvm_suites, and the plugin parametrises it over the hosts that take
+    part (all by default), with no edit to pytest-kvm."""
+    (tmp_path / "test_uptime.py").write_text(NEW_SUITE)
+    (tmp_path / "conftest.py").write_text(
+        "from pytest_kvm.registry import Suite, register\nregister(Suite('uptime', 'host'))\n")
+    (tmp_path / "lab.ini").write_text(rig.inventory(host_vars={"host2": {
+        "kvm_suites": "uptime"}}))
+    r = pytest_run(["-v", "--hosts", "lab.ini"], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "test_uptime.py::test_host_is_up[host1] PASSED" in r.stdout
+    assert "test_uptime.py::test_host_is_up[host2] PASSED" in r.stdout
+
+
+@pytest.mark.parametrize("inventory", [True, False], ids=["inventory", "no-inventory"])
+def test_a_suite_file_not_declared_fails_the_run_in_one_line(rig, tmp_path, inventory):
+    """Marked with a suite name nobody declared, it would run on no host (no host's
+    kvm_suites can name it): the run fails instead, naming the file and the fix."""
+    (tmp_path / "test_uptime.py").write_text(NEW_SUITE)
+    (tmp_path / "lab.ini").write_text(rig.inventory())
+    r = pytest_run(["-q", *(["--hosts", "lab.ini"] if inventory else [])], tmp_path)
+    assert r.returncode == pytest.ExitCode.INTERRUPTED, r.stdout + r.stderr
+    assert "test_uptime.py: kvm_suite('uptime') is not a declared suite, so it would run on " \
+           "no host; declare it once with pytest_kvm.registry.register(Suite('uptime', " \
+           "shape)) in a conftest.py (declared: virtio, virtio-data, passthrough, sriov, " \
+           "migration, nested)" in r.stdout.splitlines(), r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+
+
 def test_missing_inventory_file(tester):
     r = tester.runpytest("--hosts", "nope.ini")
     assert r.ret == pytest.ExitCode.USAGE_ERROR

@@ -23,10 +23,10 @@ from typing import Any
 
 from ..errors import InventoryError
 from . import config, resolve, sources
-from .config import KEYS, SUITES, HostConfig, Secret, normalize_bdf
+from .config import KEYS, HostConfig, Secret, normalize_bdf
 from .model import Model, Origin
 
-__all__ = ["KEYS", "SUITES", "HostConfig", "HostEntry", "Inventory", "Secret", "load",
+__all__ = ["KEYS", "HostConfig", "HostEntry", "Inventory", "Secret", "load",
            "normalize_bdf", "parse", "read_model"]
 
 

@@ -21,11 +21,11 @@ import jinja2
 import jinja2.meta
 import jinja2.sandbox
 
+from .. import registry
 from . import yamlload
 from .model import Origin, Value
 
 BDF_RE = re.compile(r"^(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
-SUITES = ("virtio", "virtio-data", "passthrough", "sriov", "migration", "nested")
 
 
 class Secret:
@@ -208,8 +208,9 @@ def _suites(value: Any) -> tuple[str, ...]:
     if items == ("none",):  # a host only other hosts use (a migration peer, an NFS server)
         return ()
     for item in items:
-        if item not in SUITES:
-            raise ValueError(f"names unknown suite {item!r}; known: {', '.join(SUITES)}")
+        if registry.get(item) is None:
+            raise ValueError(f"names unknown suite {item!r}; known: "
+                             f"{', '.join(registry.names())}")
     return items
 
 
@@ -392,7 +393,7 @@ class HostConfig:
     l1_link: str | None = None
     l1_nfs_server: str | None = None
     reruns: int = 0
-    suites: tuple[str, ...] = SUITES
+    suites: tuple[str, ...] | None = None  # None: every declared suite (registry)
     migration_peer: str | None = None
     migration_address: str | None = None
     migration_tls: bool | None = None  # None: not said (TLS)
@@ -406,6 +407,9 @@ class HostConfig:
     guest_firmware: str = "auto"
     guest_user: str = "root"
     workdir: str | None = None
+
+    def takes_part(self, suite: str) -> bool:
+        return self.suites is None or suite in self.suites
 
     def __repr__(self) -> str:  # only what was set, secrets hidden by their own repr
         fields = (f for f in dataclasses.fields(self) if getattr(self, f.name) != f.default)

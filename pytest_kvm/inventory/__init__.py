@@ -6,7 +6,8 @@ In three stages:
    groups and hosts (Ansible's operations and rules, ``model``);
 2. ``resolve``: each host's variables with Ansible's precedence, ``group_vars/`` and
    ``host_vars/`` included (also what ``python -m pytest_kvm inventory --list`` prints);
-3. ``config``: the keys pytest-kvm uses, checked and typed into a frozen ``HostConfig``.
+3. ``config``: the keys pytest-kvm uses (each declared once in ``keys``, as a field of the
+   frozen ``HostConfig``; their values typed by ``values``), checked and typed.
 
 Every error is an :class:`~pytest_kvm.errors.InventoryError` whose text is one line,
 ``file:line: what to fix``.
@@ -23,8 +24,9 @@ from typing import Any
 
 from ..errors import InventoryError
 from . import config, resolve, sources
-from .config import KEYS, HostConfig, Secret, normalize_bdf
+from .keys import KEYS, HostConfig
 from .model import Model, Origin
+from .values import Secret, normalize_bdf
 
 __all__ = ["KEYS", "HostConfig", "HostEntry", "Inventory", "Secret", "load",
            "normalize_bdf", "parse", "read_model"]

@@ -75,7 +75,7 @@ def migrated(request, kvm_pair, pair_model, module_guest_factory, kvm_migration_
     spec = SPEC.with_(machine=pair_model.machine, cpu=pair_model.cpu_option)
     try:
         run = mig.Run(request.param, *kvm_pair, spec, module_guest_factory, shared,
-                      kvm_migration_tls, reporting.step, samples=kvm_samples)
+                      kvm_migration_tls, reporting.step, samples=kvm_samples).execute()
     except mig.MigrationUnsupported as exc:  # a variant this pair's versions cannot do
         pytest.skip(str(exc))
     yield run

@@ -99,7 +99,7 @@ def test_memory_check_names_a_page_changed_behind_the_program(session, hosts):
     def start(spec, host, wait=True):
         return session.start_guest(host, spec, "mem", wait=wait)
 
-    run = mig.Run("copy-storage", *hosts, SPEC, start)
+    run = mig.Run("copy-storage", *hosts, SPEC, start).execute()
     try:
         assert run.memory_problem() is None  # the migration itself kept every page
         stamp = run.stamp
@@ -193,7 +193,7 @@ def test_a_source_without_tls_cannot_migrate_to_a_tls_destination(session, hosts
     src = session.start_guest(h1, SPEC, "tls-src")
     dst = session.start_guest(h2, SPEC.with_(incoming="defer"), "tls-dst", wait=False)
     try:
-        mig._tls_creds(dst, tls, "server")
+        mig.tls_creds(dst, tls, "server")
         dst.qmp.execute("migrate-set-parameters", tls_creds="tls0")
         with pytest.raises(mig.MigrationError, match="ended 'failed'"):
             mig.migrate(src, dst, mig.stream_to(h1, dst, None, "migrate"), timeout=60)

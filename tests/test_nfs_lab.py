@@ -88,7 +88,7 @@ def test_a_migration_whose_nfs_server_goes_away(session, lab):
 
     started = time.monotonic()
     with pytest.raises(KvmError) as failed:
-        mig.Run("shared-storage", src, dst, SPEC, factory, path, None, ServerGoesAway)
+        mig.Run("shared-storage", src, dst, SPEC, factory, path, None, ServerGoesAway).execute()
     took = time.monotonic() - started
     message = str(failed.value)
     assert took < 300, f"the failure took {took:.0f} s"

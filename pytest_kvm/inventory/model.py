@@ -199,7 +199,7 @@ class Model:
         ungrouped = self.groups["ungrouped"]
         for name, host in self.hosts.items():
             if "ungrouped" in host.groups:
-                if len(host.groups.keys() - {"all", "ungrouped"}):
+                if host.groups.keys() - {"all", "ungrouped"}:
                     del ungrouped.hosts[name]
                     del host.groups["ungrouped"]
             elif not host.groups.keys() - {"all"}:

@@ -262,6 +262,10 @@ def _coerce(value: Any) -> Any:
     if isinstance(value, (list, tuple, set)):
         return [_coerce(v) for v in value]
     if isinstance(value, dict):
+        for k in value:
+            if not (k is None or isinstance(k, (str, bool, int, float))):
+                raise ValueError(f"the key {k!r} in a value is a {type(k).__name__}; use "
+                                 "text, a number, true/false or None as keys")
         return {k: _coerce(v) for k, v in value.items()}
     if value is ...:
         return "..."

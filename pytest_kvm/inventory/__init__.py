@@ -23,9 +23,9 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import InventoryError
-from . import config, resolve, sources
+from . import config, ini, resolve, sources
 from .keys import KEYS, HostConfig
-from .model import Model, Origin
+from .model import Model, NotThisFormat, Origin
 from .values import Secret, normalize_bdf
 
 __all__ = ["KEYS", "HostConfig", "HostEntry", "Inventory", "Secret", "load",
@@ -93,8 +93,8 @@ def parse(text: str, path: str = "<inventory>") -> Inventory:
     """An inventory from INI text (for tests and tools); ``path`` names it in errors."""
     model = Model()
     try:
-        sources._read_ini(text, path, model)  # noqa: SLF001 - the one reader text needs
-    except sources.NotThisFormat as exc:
+        ini.read_ini(text, path, model)
+    except NotThisFormat as exc:
         raise InventoryError(path, exc.line, exc.message) from None
     model.reconcile()
     return _inventory(model, path)

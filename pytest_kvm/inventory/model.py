@@ -42,6 +42,15 @@ class Origin:
         return InventoryError(self.path, self.line, message)
 
 
+class NotThisFormat(Exception):
+    """A reader declined or failed; the next format is tried (as Ansible tries plugins)."""
+
+    def __init__(self, line: int | None, message: str, fits: bool = False):
+        # fits: the text is of this format (it parsed) but its content is wrong
+        self.line, self.message, self.fits = line, message, fits
+        super().__init__(message)
+
+
 @dataclass
 class Group:
     name: str

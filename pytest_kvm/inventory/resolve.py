@@ -17,7 +17,7 @@ from typing import Any
 from . import yamlload
 from .config import secret_names
 from .model import INTERNAL_VARS, Model, Origin, Value, var_name
-from .sources import list_folder, load_vars_file, vars_files
+from .varsfiles import list_folder, load_vars_file, vars_files
 
 HIDDEN = "***"  # a secret's value in what is printed
 

@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 
 from ..errors import InventoryError
-from . import yamlload
 from .ini import read_ini
 from .model import Model, NotThisFormat, Origin
 from .patterns import parse_address
@@ -73,11 +72,7 @@ def _read_dir(path: Path, model: Model) -> None:
 
 def _read_file(path: Path, model: Model, in_dir: bool) -> None:
     shown = str(path)
-    text = read_text(path)
-    if text.startswith(yamlload.VAULT_HEADER):
-        raise InventoryError(shown, 1, "is encrypted with Ansible Vault; pytest-kvm cannot "
-                             "decrypt it: keep the hosts in a plain file and only secrets "
-                             "in vault files")
+    text = read_text(path, "keep the hosts in a plain file and only secrets in vault files")
     if text.startswith("#!") and os.access(path, os.X_OK):
         raise InventoryError(shown, 1, "is an inventory script; pytest-kvm does not run "
                              "programs to read an inventory: write its hosts to an INI or "

@@ -17,15 +17,20 @@ from .model import Origin
 VARS_EXTS = (".yml", ".yaml", ".json")
 
 
-def read_text(path: Path) -> str:
+def read_text(path: Path, vault_fix: str) -> str:
+    """A file's text (bytes that are not UTF-8 kept as surrogate escapes, as Ansible keeps
+    them); a file encrypted whole with Ansible Vault is refused, with ``vault_fix``."""
     try:
         data = path.read_bytes()
     except PermissionError:
         raise InventoryError(str(path), None, "cannot be read (permission denied)") from None
     except OSError as exc:
         raise InventoryError(str(path), None, f"cannot be read ({exc.strerror})") from None
-    # As Ansible: bytes that are not UTF-8 are kept as surrogate escapes, not refused.
-    return data.decode("utf-8", "surrogateescape")
+    text = data.decode("utf-8", "surrogateescape")
+    if text.startswith(yamlload.VAULT_HEADER):
+        raise InventoryError(str(path), 1, "is encrypted with Ansible Vault; pytest-kvm cannot "
+                             f"decrypt it: {vault_fix}")
+    return text
 
 
 def vars_files(base: str, kind: str, name: str,
@@ -74,11 +79,8 @@ def _dir_files(folder: Path) -> list[Path]:
 def load_vars_file(path: Path) -> dict[str, tuple[Any, Origin]]:
     """One group_vars/host_vars file -> {key: (value, origin)}; empty files give {}."""
     shown = str(path)
-    text = read_text(path)
-    if text.startswith(yamlload.VAULT_HEADER):
-        raise InventoryError(shown, 1, "is encrypted with Ansible Vault; pytest-kvm cannot "
-                             "decrypt it: encrypt single values (!vault) and keep the keys "
-                             "pytest-kvm uses in plain text")
+    text = read_text(path, "encrypt single values (!vault) and keep the keys pytest-kvm uses "
+                           "in plain text")
     try:
         data = yamlload.load(text)
     except yamlload.LoadError as exc:

@@ -34,7 +34,8 @@ from .guest import (
     sweep,
 )
 from .guest.cloudinit import ed25519_keypair
-from .guest.qemu import RUN_DIR, safe_name
+from .guest.launch import safe_name
+from .guest.qemu import RUN_DIR
 from .host import Host, Journal, Leases, replay_dead_journals
 from .inventory import HostConfig, HostEntry, Inventory
 from .transport import Transport, for_entry

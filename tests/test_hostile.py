@@ -347,7 +347,7 @@ def _image_naming(tmp_path, target: str, fmt: str = "raw") -> str:
 def test_a_guest_image_that_names_a_backing_file_is_refused(rig_session, tmp_path):
     """Its guest would read the named host file (here /etc/shadow) as its disk."""
     from pytest_kvm.guest import Disk
-    from pytest_kvm.guest.qemu import UntrustedImage
+    from pytest_kvm.guest.launch import UntrustedImage
 
     spec = GuestSpec(name="img", serial=True, shell=True,
                      disks=(Disk(image=_image_naming(tmp_path, "/etc/shadow")),))
@@ -361,11 +361,11 @@ def test_qemu_gets_the_chain_explicitly_whatever_an_image_names(rig_session, tmp
     """Past the check (disabled here), QEMU still opens the image as itself: the named host
     file never reaches the guest (its disk reads zeros, not the file's bytes)."""
     from pytest_kvm.guest import Disk
-    from pytest_kvm.guest import qemu as qemu_mod
+    from pytest_kvm.guest import launch as launch_mod
 
     secret = tmp_path / "host-secret"
     secret.write_bytes(b"HOST-SECRET-" + b"x" * 500)
-    monkeypatch.setattr(qemu_mod, "untrusted_image", lambda *a, **kw: None)
+    monkeypatch.setattr(launch_mod, "untrusted_image", lambda *a, **kw: None)
     spec = GuestSpec(name="img", serial=True, shell=True,
                      disks=(Disk(image=_image_naming(tmp_path, str(secret))),))
     guest = rig_session.start_guest(rig_session.host("host1"), spec, "chain")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .. import remote
 from ..errors import KvmError
-from ..guest import Guest, GuestError, GuestSpec
+from ..guest import Guest, GuestError, GuestSpec, PortTaken
 from ..guest.cloudinit import ed25519_keypair
 from ..guest.spec import qopt
 from ..host import Host
@@ -150,9 +150,12 @@ def provision(parent: Host, entry: HostEntry, opts: L1Options, keydir: str,
         try:
             guest = start(parent, l1_spec(entry.name, parent, opts, pubkey, port))
             break
-        except GuestError as exc:
-            if "host forwarding" in str(exc) and attempt < 3:
+        except PortTaken as exc:
+            if attempt < 3:
                 continue  # the port was taken: another one
+            raise NestedHostError(f"{entry.name}: the L1 guest on {parent.name} did not "
+                                  f"start: {exc}") from exc
+        except GuestError as exc:
             raise NestedHostError(f"{entry.name}: the L1 guest on {parent.name} did not "
                                   f"start: {exc}") from exc
     try:

@@ -3,13 +3,14 @@
 from .cloudinit import CloudInit
 from .console import Console, GuestCommandTimeout
 from .image import MicroImage, build_micro
-from .qemu import Guest, GuestDied, GuestError, GuestState, Owner, start_guest
+from .launch import start_guest
+from .qemu import Guest, GuestDied, GuestError, GuestState, Owner, PortTaken
 from .qmp import Qmp, QmpError
 from .spec import Disk, GuestSpec, Nic
 from .sweep import stale_runs, sweep
 
 __all__ = [
     "CloudInit", "Console", "Disk", "Guest", "GuestCommandTimeout", "GuestDied", "GuestError",
-    "GuestSpec", "GuestState", "MicroImage", "Nic", "Owner", "Qmp", "QmpError", "build_micro",
-    "stale_runs", "start_guest", "sweep",
+    "GuestSpec", "GuestState", "MicroImage", "Nic", "Owner", "PortTaken", "Qmp", "QmpError",
+    "build_micro", "stale_runs", "start_guest", "sweep",
 ]

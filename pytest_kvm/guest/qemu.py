@@ -3,30 +3,35 @@
 from __future__ import annotations
 
 import enum
-import json
 import logging
-import random
-import re
-import secrets
 import shlex
-import shutil
-import tempfile
 import time
 
 import pexpect
 
 from .. import remote
-from ..errors import CommandTimeout, HostUnreachable, KvmError, TransportError, printable
+from ..errors import HostUnreachable, KvmError, TransportError
 from ..host import Host, Owner, controller_id, process_start  # noqa: F401
 from ..waiting import WaitTimeout, first_within
 from .agent import Agent, AgentUnavailable
-from .cloudinit import console_login, nocloud_seed, quiet_console
-from .console import Console, ConsoleClosed, GuestCommandTimeout
-from .image import PROMPT, READY_MARKER, MicroImage
+from .channels import AgentChannel, Channel, ChannelLost, ConsoleChannel, SshChannel
+from .cloudinit import console_login, quiet_console
+from .console import Console, GuestCommandTimeout
+from .image import PROMPT, READY_MARKER
 from .qmp import Qmp
-from .spec import SHELL_SOCKET, GuestSpec, disk_file, render
+from .spec import SHELL_SOCKET, GuestSpec, disk_file
 
 log = logging.getLogger("pytest_kvm.guest")
+
+
+class Named(logging.LoggerAdapter):
+    """A logger whose lines start with what they are about (``host/guest: ...``)."""
+
+    def __init__(self, logger: logging.Logger, where: str):
+        super().__init__(logger, {"where": where})
+
+    def process(self, msg, kwargs):
+        return f"{self.extra['where']}: {msg}", kwargs
 
 RUN_DIR = "run"
 
@@ -37,6 +42,11 @@ RUN_DIR = "run"
 
 class GuestError(KvmError):
     pass
+
+
+class PortTaken(GuestError):
+    """QEMU could not forward a host port (another process took it between our pick and its
+    bind): start again with another."""
 
 
 class GuestDied(GuestError):
@@ -80,6 +90,9 @@ class Guest:
         self.ssh_port: int | None = None  # the guest's sshd, forwarded on the host's loopback
         self.ssh_host_key: str | None = None  # its public host key (pinned)
         self._ssh = None
+        self._channels: dict[str, Channel] = {}
+        self.where = f"{host.name}/{spec.name}"  # how messages and log lines name it
+        self.log = Named(log, self.where)
 
     def __repr__(self) -> str:  # stable across runs (no run id, no pid)
         return f"Guest({self.spec.name!r} on {self.host.name!r})"
@@ -103,7 +116,7 @@ class Guest:
         if self.state is not GuestState.STOPPED:
             self.state = GuestState.DEAD
         self.death = why
-        log.warning("%s/%s: dead: %s", self.host.name, self.spec.name, why)
+        self.log.warning("dead: %s", why)
 
     @property
     def os_family(self) -> str:
@@ -130,12 +143,8 @@ class Guest:
         """``current``, or a new connection to the run dir's ``socket`` if it has closed."""
         if current is None or current.flag_eof:
             stream = self.host.connect_unix(f"{self.rundir}/{socket}")
-            current = Console(stream, f"{self.host.name}/{self.spec.name}{label}", PROMPT)
+            current = Console(stream, f"{self.where}{label}", PROMPT)
         return current
-
-    def _commands(self) -> Console:
-        """The console that takes commands: the shell's when the guest has one."""
-        return self.shell if self.channel == "shell" else self.console
 
     def expect(self, pattern, timeout: float = 30):
         return self.console.expect(pattern, timeout=timeout)
@@ -144,54 +153,50 @@ class Guest:
     def agent(self) -> Agent:
         if self._agent is None:
             stream = self.host.connect_unix(f"{self.rundir}/ga.sock")
-            self._agent = Agent(stream, f"{self.host.name}/{self.spec.name}")
+            self._agent = Agent(stream, self.where)
         return self._agent
 
     def run(self, command: str, timeout: float = 60, check: bool = True) -> tuple[int, str]:
         """Run a shell command in the guest; (status, output). ``check``: non-zero raises.
 
-        Through the guest agent where the guest has one (stdout, then stderr), else on the
-        serial console (both as they came)."""
+        Through the guest's channel (``self.channel``: agent, ssh, shell or console); what a
+        channel's failure means for the guest is decided here, for every channel alike: a
+        timeout or a lost channel whose host is gone says so; a lost channel whose QEMU
+        ended is the guest's death, with its last console lines."""
         start = time.monotonic()
-        if self.channel == "agent":
-            status, output = self._run_agent(command, timeout)
-        elif self.channel == "ssh":
-            status, output = self._run_ssh(command, timeout)
-        else:
-            status, output = self._run_console(command, timeout)
+        channel = self._channel()
+        try:
+            result = channel.run(command, timeout)
+        except GuestCommandTimeout:
+            self._raise_if_host_lost(command)
+            if not channel.recover():
+                self._died("no prompt after an interrupt: the guest hangs")
+            raise
+        except ChannelLost as exc:
+            self._raise_if_host_lost(command)
+            if exc.closed or not self.alive():
+                raise self.describe_death(f"QEMU went away while running `{command}`") from exc
+            raise
         shown = command if len(command) <= 160 else command[:157] + "..."
-        log.info("%s/%s: `%s` -> %d (%.2f s, %s)", self.host.name, self.spec.name, shown,
-                 status, time.monotonic() - start, self.channel)
-        if check and status != 0:
-            raise GuestError(f"{self.host.name}/{self.spec.name}: `{command}` exited {status}"
-                             f"\n{output.strip()[-2000:]}")
-        return status, output
+        self.log.info("`%s` -> %d (%.2f s, %s)", shown, result.status,
+                      time.monotonic() - start, channel.name)
+        if check and result.status != 0:
+            raise GuestError(f"{self.where}: `{command}` exited {result.status}"
+                             f"\n{result.output.strip()[-2000:]}")
+        return result.status, result.output
 
-    def _run_agent(self, command: str, timeout: float) -> tuple[int, str]:
-        try:
-            status, out, err = self.agent.run(command, timeout)
-        except AgentUnavailable as exc:
-            self._raise_if_host_lost(command)
-            if not self.alive():
-                raise self.describe_death(f"QEMU went away while running `{command}`") from exc
-            raise
-        if status is None:
-            raise GuestCommandTimeout(f"{self.host.name}/{self.spec.name}: `{command}` did not "
-                                      f"finish within {timeout:g} s (killed)")
-        return status, out + err
-
-    def _run_ssh(self, command: str, timeout: float) -> tuple[int, str]:
-        try:
-            r = self.ssh.run(command, timeout=timeout, check=False)
-        except CommandTimeout as exc:
-            raise GuestCommandTimeout(f"{self.host.name}/{self.spec.name}: `{command}` did not "
-                                      f"finish within {timeout:g} s (killed)") from exc
-        except TransportError as exc:
-            self._raise_if_host_lost(command)
-            if not self.alive():
-                raise self.describe_death(f"QEMU went away while running `{command}`") from exc
-            raise
-        return r.status, r.stdout + r.stderr
+    def _channel(self) -> Channel:
+        """The channel ``self.channel`` names (made once per name; each reconnects through
+        the properties below when its connection closed)."""
+        name = self.channel
+        if name not in self._channels:
+            self._channels[name] = {
+                "agent": lambda: AgentChannel(self.where, lambda: self.agent),
+                "ssh": lambda: SshChannel(self.where, lambda: self.ssh),
+                "shell": lambda: ConsoleChannel(self.where, "shell", lambda: self.shell),
+                "console": lambda: ConsoleChannel(self.where, "console", lambda: self.console),
+            }[name]()
+        return self._channels[name]
 
     @property
     def ssh(self):
@@ -201,11 +206,11 @@ class Guest:
             ci = self.spec.cloud_init
             key = self.ssh_host_key or (ci.host_key[1] if ci and ci.host_key else None)
             if self.ssh_port is None or ci is None or key is None:
-                raise GuestError(f"{self.host.name}/{self.spec.name}: no SSH channel")
+                raise GuestError(f"{self.where}: no SSH channel")
             known = f"{self.spec.ssh_key}.known_hosts-{self.ssh_port}"
             with open(known, "w") as f:
                 f.write(f"[127.0.0.1]:{self.ssh_port} {key}\n")
-            self._ssh = self.host.forwarded_ssh(f"{self.host.name}/{self.spec.name}",
+            self._ssh = self.host.forwarded_ssh(self.where,
                                                 self.ssh_port, self.spec.ssh_key, known, ci.user)
         return self._ssh
 
@@ -232,24 +237,12 @@ class Guest:
                 return False
 
         if not first_within(logged_in, max(0.0, deadline - time.monotonic()),
-                            f"{self.host.name}/{self.spec.name}: a login by SSH with the "
+                            f"{self.where}: a login by SSH with the "
                             "pinned key", step=2):
             return False
         self.channel = "ssh"
-        log.info("%s/%s: commands go through SSH", self.host.name, self.spec.name)
+        self.log.info("commands go through SSH")
         return True
-
-    def _run_console(self, command: str, timeout: float) -> tuple[int, str]:
-        try:
-            status, output = self._commands().run(command, timeout)
-        except GuestCommandTimeout:
-            self._raise_if_host_lost(command)
-            self._resync()
-            raise
-        except ConsoleClosed as exc:
-            self._raise_if_host_lost(command)
-            raise self.describe_death(f"QEMU went away while running `{command}`") from exc
-        return status, output
 
     def _raise_if_host_lost(self, command: str) -> None:
         """A console that went silent or closed because the host itself is gone says so."""
@@ -261,14 +254,6 @@ class Guest:
     def sh(self, command: str, timeout: float = 60) -> str:
         return self.run(command, timeout)[1]
 
-    def _resync(self) -> None:
-        try:
-            console = self._commands()
-            console.sendline("")
-            console.wait_prompt(10)
-        except (pexpect.TIMEOUT, pexpect.EOF):
-            self._died("no prompt after an interrupt: the guest hangs")
-
     # -- QMP --------------------------------------------------------------------------------
     @property
     def qmp(self) -> Qmp:
@@ -277,7 +262,7 @@ class Guest:
     def _connect_qmp(self, timeout: float = 30) -> Qmp:
         if self._qmp is None:
             self._qmp = Qmp(self.host.connect_unix(f"{self.rundir}/q.sock"),
-                            f"{self.host.name}/{self.spec.name}", connect_timeout=timeout)
+                            self.where, connect_timeout=timeout)
         return self._qmp
 
     # -- host-side ends of the guest's devices ----------------------------------------------
@@ -287,24 +272,22 @@ class Guest:
         rule = f"tcp:127.0.0.1:0-{guest_addr}:{guest_port}"
         out = self._hmp(f"hostfwd_add {netdev} {rule}")
         if out.strip():  # HMP says nothing when it worked
-            raise GuestError(f"{self.host.name}/{self.spec.name}: hostfwd_add {netdev} {rule}: "
+            raise GuestError(f"{self.where}: hostfwd_add {netdev} {rule}: "
                              f"{out.strip()}")
         table = self._hmp("info usernet")
         for line in table.splitlines():
             f = line.split()
             if (len(f) >= 6 and f[0] == "TCP[HOST_FORWARD]" and f[4] == guest_addr
                     and f[5] == str(guest_port)):
-                log.info("%s/%s: host port %s -> %s:%d (%s)", self.host.name, self.spec.name,
-                         f[3], guest_addr, guest_port, netdev)
+                self.log.info("host port %s -> %s:%d (%s)", f[3], guest_addr, guest_port, netdev)
                 return int(f[3])
-        raise GuestError(f"{self.host.name}/{self.spec.name}: no forward to {guest_addr}:"
+        raise GuestError(f"{self.where}: no forward to {guest_addr}:"
                          f"{guest_port} in QEMU's `info usernet`:\n{table}")
 
     def unforward(self, netdev: str, host_port: int) -> None:
         out = self._hmp(f"hostfwd_remove {netdev} tcp:127.0.0.1:{host_port}")
         if "removed" not in out:
-            log.warning("%s/%s: hostfwd_remove %s %d: %s", self.host.name, self.spec.name,
-                        netdev, host_port, out.strip())
+            self.log.warning("hostfwd_remove %s %d: %s", netdev, host_port, out.strip())
 
     def _hmp(self, command: str) -> str:
         """An HMP command (the user-networking forwards have no QMP command); its text."""
@@ -338,7 +321,7 @@ class Guest:
             raw = self.read_log("exit-status", 1).strip()
             return raw if raw.isdigit() else "running" if self.alive() else ""
 
-        raw = first_within(written, 2, f"{self.host.name}/{self.spec.name}: QEMU's exit status",
+        raw = first_within(written, 2, f"{self.where}: QEMU's exit status",
                            step=0.2) or ""
         if not raw.isdigit():
             return ""
@@ -359,7 +342,7 @@ class Guest:
         stderr = self.read_log("qemu.log").strip() or "(nothing)"
         how = self.exit_status()
         what = f"{what}; {how}" if how else what
-        return GuestDied(f"{self.host.name}/{self.spec.name}: {what}\n"
+        return GuestDied(f"{self.where}: {what}\n"
                          f"--- last console lines ---\n{console}\n"
                          f"--- QEMU stderr ---\n{stderr}")
 
@@ -426,15 +409,13 @@ class Guest:
             return ""
 
         channel = first_within(answered, max(0.0, deadline - time.monotonic()),
-                               f"{self.host.name}/{self.spec.name}: an answer from the guest "
+                               f"{self.where}: an answer from the guest "
                                "agent", step=0.5) or "console"
         if channel == "agent":
             self.channel = "agent"
-            log.info("%s/%s: commands go through the guest agent", self.host.name,
-                     self.spec.name)
+            self.log.info("commands go through the guest agent")
             return True
-        log.info("%s/%s: no guest agent; commands go through the serial console",
-                 self.host.name, self.spec.name)
+        self.log.info("no guest agent; commands go through the serial console")
         return False
 
     def stop(self, keep_dir: bool = False) -> None:
@@ -455,153 +436,10 @@ class Guest:
                 except Exception:
                     pass
         self._console = self._shell = self._qmp = self._agent = self._ssh = None
-        log.info("%s/%s: stopping QEMU (pid %s)", self.host.name, self.spec.name, self.pid)
+        self.log.info("stopping QEMU (pid %s)", self.pid)
         r = self.host.run(remote.argv("qemu-stop", self.rundir, str(first),
                            "keep-dir" if keep_dir else ""), check=False, timeout=120)
         self.state = GuestState.STOPPED
         if not r.ok:
-            raise GuestError(f"{self.host.name}/{self.spec.name}: could not stop QEMU: "
+            raise GuestError(f"{self.where}: could not stop QEMU: "
                              f"{r.stdout.strip()} {r.stderr.strip()}")
-
-
-def safe_name(text: str, limit: int = 60) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:limit].strip("_") or "guest"
-
-
-def start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, seq: int,
-                label: str = "", wait: bool = True) -> Guest:
-    """Provision and boot a guest on a host; returns once its shell is ready (``wait``)."""
-    for attempt in range(4):
-        port = random.randrange(20000, 60000) if spec.ssh_key else None
-        try:
-            return _start_guest(host, spec, image, owner, seq, label, wait, port)
-        except GuestError as exc:
-            if port is None or "host forwarding" not in str(exc) or attempt == 3:
-                raise
-            log.info("%s/%s: port %d was taken; another one", host.name, spec.name, port)
-    raise AssertionError("unreachable")
-
-
-_CHECKED: set[tuple[str, str]] = set()  # (host, cached image) found safe in this process
-
-
-class UntrustedImage(GuestError):
-    """A disk image names what QEMU would open besides the image itself."""
-
-
-def untrusted_image(host: Host, path: str, fmt: str, overlay: bool = False) -> None:
-    """Refuse an image (a guest image, or a disk on shared storage) whose header names a
-    backing file or an external data file: the guest would read a host file or device.
-    Inspected with ``qemu-img info`` without following the chain (a named file is never
-    opened); QEMU is given the chain explicitly anyway. ``overlay``: a run's overlay on
-    shared storage, whose backing name is ours and ignored (the chain QEMU gets is explicit),
-    checked at each use. A cached image (its path names its content hash) is inspected once
-    per host."""
-    cache = not overlay
-    if cache and (host.name, path) in _CHECKED:
-        return
-    r = host.run(["qemu-img", "info", "-U", "--output=json", "-f", fmt, "--", path],
-                 check=False, timeout=60)
-    try:
-        info = json.loads(r.stdout) if r.ok else None
-    except ValueError:
-        info = None
-    if not isinstance(info, dict):
-        raise UntrustedImage(f"{host.name}: {printable(path)} is not a {fmt} image qemu-img "
-                             f"reads: {printable((r.stderr or r.stdout).strip()[-200:])}")
-    data = (info.get("format-specific") or {}).get("data") or {}
-    backing = None if overlay else info.get("backing-filename")
-    named = backing or (data.get("data-file") if fmt == "qcow2" else None)
-    if named:
-        what = "a backing file" if backing else "an external data file"
-        raise UntrustedImage(
-            f"{host.name}: {printable(path)} names {what} ({printable(str(named))[:200]}), "
-            f"which the guest would read; use an image without one (qemu-img convert -O "
-            f"{fmt} it into a standalone image)")
-    if cache:
-        _CHECKED.add((host.name, path))
-
-
-def _start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, seq: int,
-                 label: str, wait: bool, ssh_port: int | None) -> Guest:
-    accel = spec.accel or host.accel
-    boot_disk = spec.cloud_init is not None and spec.kernel is None and spec.root is None
-    kernel = None if boot_disk else host.put_cached(spec.kernel or image.kernel)
-    initrd = spec.initrd or (image.initrd if spec.kernel is None else None)
-    initrd = host.put_cached(initrd) if initrd and not boot_disk else None
-    # unique even for two sessions that share a run id (mkdir below refuses an existing dir)
-    rundir = f"{host.workdir}/{RUN_DIR}/{owner.run_id}-{seq}-{secrets.token_hex(3)}"
-    # The cloud-init seed may hold a password: 0600 in the guest's own run dir (removed when
-    # the guest stops), never in the shared upload cache.
-    seed = f"{rundir}/seed.iso" if spec.cloud_init else None
-    proc_name = f"pytest-kvm-{owner.run_id}-{safe_name(label or spec.name)}"
-    bases = []
-    prepare = [["mkdir", "-p", f"{host.workdir}/{RUN_DIR}"], ["mkdir", "-m", "0700", rundir],
-               remote.argv("write", owner.line() + "\n", f"{rundir}/owner")]
-    for disk in spec.disks:
-        if disk.image:
-            bases.append(host.put_cached(disk.image))
-            untrusted_image(host, bases[-1], disk.format)
-        else:
-            base = f"{host.workdir}/cache/blank-{disk.size}.qcow2"
-            prepare.append(remote.argv("blank-disk", base, disk.size))
-            bases.append(base)
-    uefi_code = None
-    if spec.firmware == "uefi":
-        if not host.facts.ovmf_code:
-            raise GuestError(f"{host.name}/{spec.name}: no UEFI firmware (OVMF) on the host; "
-                             "install it (apt-get install ovmf)")
-        uefi_code = host.facts.ovmf_code
-        prepare.append(["cp", "--", host.facts.ovmf_vars, f"{rundir}/efivars.fd"])
-    rendered = render(spec, qemu=host.qemu, accel=accel, rundir=rundir, proc_name=proc_name,
-                      kernel=kernel, initrd=initrd, disk_bases=bases, seed=seed,
-                      uefi_code=uefi_code, ssh_port=ssh_port)
-    shared = [o for o, _, _ in rendered.overlays if not o.startswith(rundir + "/")]
-    for overlay, base, fmt in rendered.overlays:
-        create = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", base, overlay]
-        if overlay not in shared:
-            prepare.append(create)
-        elif spec.incoming is None:  # on shared storage, made by the first guest (a
-            # migration's source): created exclusively (noclobber), never one found there
-            prepare.append(["sh", "-c", 'set -C; f=$1; shift; : > "$f" && exec "$@"',
-                            "shared-disk", overlay, *create])
-    prepare.append(remote.argv("write", shlex.join(rendered.argv) + "\n", f"{rundir}/cmdline"))
-    script = " && ".join(shlex.join(step) for step in prepare)
-    host.run(["mkdir", "-p", f"{host.workdir}/cache"], timeout=30)
-    try:
-        host.run(script, timeout=120)
-        for overlay in shared:  # what the source made, or the run's own disk: checked anyway
-            untrusted_image(host, overlay, "qcow2", overlay=True)
-    except BaseException:  # (nothing started: the run dir goes, a refused disk stays)
-        host.run(["rm", "-rf", "--", rundir], check=False, timeout=60)
-        raise
-    if spec.cloud_init:
-        local = tempfile.mkdtemp(prefix="pytest-kvm-seed-")
-        try:
-            host.transport.put(nocloud_seed(spec.cloud_init, local), seed, mode=0o600)
-        finally:
-            shutil.rmtree(local, ignore_errors=True)
-    guest = Guest(host, spec, rundir, proc_name, rendered.argv, accel)
-    guest.ssh_port = ssh_port
-    log.info("%s/%s: starting QEMU (%s, %s) in %s", host.name, spec.name, accel,
-             "its own bootloader" if boot_disk else "direct kernel boot", rundir)
-    r = host.run(remote.argv("qemu-launch", rundir, *rendered.argv), check=False,
-                 timeout=60)
-    if r.stdout.startswith("pid="):
-        guest.pid = int(r.stdout.strip().split("=", 1)[1])
-    else:
-        err = guest.read_log("qemu.log", 20).strip()
-        host.run(["rm", "-rf", rundir], check=False, timeout=30)
-        guest.state = GuestState.STOPPED
-        why = "did not open its sockets within 30 s" if "slow" in r.stdout else "exited at once"
-        raise GuestError(f"{host.name}/{spec.name}: QEMU {why}: {err or r.stderr.strip()}")
-    if wait:
-        try:
-            waited = guest.wait_ready()
-        except BaseException:
-            guest.stop(keep_dir=False)
-            raise
-        guest.state = GuestState.RUNNING
-        log.info("%s/%s: ready in %.1f s (commands: %s)", host.name, spec.name, waited,
-                 guest.channel)
-    return guest

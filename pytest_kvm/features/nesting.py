@@ -150,12 +150,9 @@ def provision(parent: Host, entry: HostEntry, opts: L1Options, keydir: str,
         try:
             guest = start(parent, l1_spec(entry.name, parent, opts, pubkey, port))
             break
-        except PortTaken as exc:
-            if attempt < 3:
-                continue  # the port was taken: another one
-            raise NestedHostError(f"{entry.name}: the L1 guest on {parent.name} did not "
-                                  f"start: {exc}") from exc
         except GuestError as exc:
+            if isinstance(exc, PortTaken) and attempt < 3:
+                continue  # the port was taken: another one
             raise NestedHostError(f"{entry.name}: the L1 guest on {parent.name} did not "
                                   f"start: {exc}") from exc
     try:

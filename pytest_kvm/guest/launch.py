@@ -142,8 +142,8 @@ def _start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, s
             shutil.rmtree(local, ignore_errors=True)
     guest = Guest(host, spec, rundir, proc_name, rendered.argv, accel)
     guest.ssh_port = ssh_port
-    log.info("%s/%s: starting QEMU (%s, %s) in %s", host.name, spec.name, accel,
-             "its own bootloader" if boot_disk else "direct kernel boot", rundir)
+    guest.log.info("starting QEMU (%s, %s) in %s", accel,
+                   "its own bootloader" if boot_disk else "direct kernel boot", rundir)
     r = host.run(remote.argv("qemu-launch", rundir, *rendered.argv), check=False,
                  timeout=60)
     if r.stdout.startswith("pid="):
@@ -156,7 +156,7 @@ def _start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, s
         detail = err or r.stderr.strip()
         # (QEMU says so only in words: read once, here; callers retry on the type)
         kind = PortTaken if "host forwarding" in detail else GuestError
-        raise kind(f"{host.name}/{spec.name}: QEMU {why}: {detail}")
+        raise kind(f"{guest.where}: QEMU {why}: {detail}")
     if wait:
         try:
             waited = guest.wait_ready()
@@ -164,6 +164,5 @@ def _start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, s
             guest.stop(keep_dir=False)
             raise
         guest.state = GuestState.RUNNING
-        log.info("%s/%s: ready in %.1f s (commands: %s)", host.name, spec.name, waited,
-                 guest.channel)
+        guest.log.info("ready in %.1f s (commands: %s)", waited, guest.channel)
     return guest

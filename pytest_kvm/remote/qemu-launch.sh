@@ -10,7 +10,11 @@ setsid sh -c '"$@"; echo $? >exit-status' qemu "$@" </dev/null >>qemu.log 2>&1 &
 child=$!
 i=0
 while [ $i -lt 600 ]; do
-  if [ -S q.sock ] && [ -S c.sock ] && [ -s qemu.pid ]; then echo "pid=$(cat qemu.pid)"; exit 0; fi
+  if [ -S q.sock ] && [ -S c.sock ] && [ -s qemu.pid ]; then
+    # (a QEMU that fails on a later option removes its pidfile as it exits: read it once)
+    pid=$(cat qemu.pid 2>/dev/null)
+    case $pid in ''|*[!0-9]*) ;; *) echo "pid=$pid"; exit 0 ;; esac
+  fi
   kill -0 $child 2>/dev/null || { echo died; exit 3; }
   sleep 0.05; i=$((i+1))
 done

@@ -35,7 +35,7 @@ from .guest import (
 )
 from .guest.cloudinit import ed25519_keypair
 from .guest.launch import safe_name
-from .guest.qemu import RUN_DIR
+from .guest.state import RUN_DIR
 from .host import Host, Journal, Leases, replay_dead_journals
 from .inventory import HostConfig, HostEntry, Inventory
 from .transport import Transport, for_entry

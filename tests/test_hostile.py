@@ -492,7 +492,7 @@ def test_what_a_guest_prints_reaches_no_terminal_raw(hostile_guest, caplog):
     escaped in errors and in pytest-kvm's log lines."""
     import logging
 
-    from pytest_kvm.guest.qemu import GuestError
+    from pytest_kvm.guest import GuestError
 
     with pytest.raises(GuestError) as info:
         hostile_guest.run("printf '\\033[2J\\033]0;pwned\\007'; false")

@@ -4,9 +4,10 @@ from .cloudinit import CloudInit
 from .console import Console, GuestCommandTimeout
 from .image import MicroImage, build_micro
 from .launch import start_guest
-from .qemu import Guest, GuestDied, GuestError, GuestState, Owner, PortTaken
+from .qemu import Guest, Owner
 from .qmp import Qmp, QmpError
 from .spec import Disk, GuestSpec, Nic
+from .state import GuestDied, GuestError, GuestState, PortTaken
 from .sweep import stale_runs, sweep
 
 __all__ = [

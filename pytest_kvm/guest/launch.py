@@ -17,8 +17,9 @@ from ..errors import printable
 from ..host import Host, Owner
 from .cloudinit import nocloud_seed
 from .image import MicroImage
-from .qemu import RUN_DIR, Guest, GuestError, GuestState, PortTaken
+from .qemu import Guest
 from .spec import GuestSpec, render
+from .state import RUN_DIR, GuestError, GuestState, PortTaken
 
 log = logging.getLogger("pytest_kvm.guest")
 

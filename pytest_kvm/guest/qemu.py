@@ -2,69 +2,24 @@
 
 from __future__ import annotations
 
-import enum
 import logging
 import shlex
 import time
 
-import pexpect
-
 from .. import remote
-from ..errors import HostUnreachable, KvmError, TransportError
+from ..errors import HostUnreachable, KvmError
 from ..host import Host, Owner, controller_id, process_start  # noqa: F401
-from ..waiting import WaitTimeout, first_within
-from .agent import Agent, AgentUnavailable
+from ..waiting import first_within
+from . import ready
+from .agent import Agent
 from .channels import AgentChannel, Channel, ChannelLost, ConsoleChannel, SshChannel
-from .cloudinit import console_login, quiet_console
 from .console import Console, GuestCommandTimeout
-from .image import PROMPT, READY_MARKER
+from .image import PROMPT
 from .qmp import Qmp
 from .spec import SHELL_SOCKET, GuestSpec, disk_file
+from .state import GuestDied, GuestError, GuestState, Named
 
 log = logging.getLogger("pytest_kvm.guest")
-
-
-class Named(logging.LoggerAdapter):
-    """A logger whose lines start with what they are about (``host/guest: ...``)."""
-
-    def __init__(self, logger: logging.Logger, where: str):
-        super().__init__(logger, {"where": where})
-
-    def process(self, msg, kwargs):
-        return f"{self.extra['where']}: {msg}", kwargs
-
-RUN_DIR = "run"
-
-
-
-
-
-
-class GuestError(KvmError):
-    pass
-
-
-class PortTaken(GuestError):
-    """QEMU could not forward a host port (another process took it between our pick and its
-    bind): start again with another."""
-
-
-class GuestDied(GuestError):
-    pass
-
-
-def boot_timeout(accel: str) -> float:
-    return 60.0 if accel == "kvm" else 180.0
-
-
-class GuestState(enum.Enum):
-    """Where a guest is in its life. starting -> running -> stopped, or -> dead (QEMU ended
-    on its own, or the guest stopped answering) -> stopped."""
-
-    STARTING = "starting"  # QEMU launched; not ready yet (or waiting for an incoming migration)
-    RUNNING = "running"
-    DEAD = "dead"
-    STOPPED = "stopped"
 
 
 class Guest:
@@ -96,6 +51,12 @@ class Guest:
 
     def __repr__(self) -> str:  # stable across runs (no run id, no pid)
         return f"Guest({self.spec.name!r} on {self.host.name!r})"
+
+    def take_over(self, fresh: Guest) -> None:
+        """From now on this object is ``fresh`` (its QEMU, run dir, channels, state: one
+        state shared by both): whoever holds this guest (a test, a fixture's value) meets the
+        fresh one. For a dead guest replaced by a rerun (kvm_reruns)."""
+        self.__dict__ = fresh.__dict__
 
     def __enter__(self) -> Guest:
         return self
@@ -222,28 +183,6 @@ class Guest:
         if source.spec.cloud_init and source.spec.cloud_init.host_key:
             self.ssh_host_key = source.ssh_host_key or source.spec.cloud_init.host_key[1]
 
-    def _wait_ssh(self, deadline: float) -> bool:
-        """Wait for the guest's sshd to let us in (key pinned); False when it never does."""
-        def logged_in() -> bool:
-            if not self.alive():
-                raise pexpect.EOF("QEMU exited")
-            try:
-                self.ssh.run(["true"], timeout=15)
-                return True
-            except TransportError:
-                if self._ssh is not None:
-                    self._ssh.close()
-                self._ssh = None
-                return False
-
-        if not first_within(logged_in, max(0.0, deadline - time.monotonic()),
-                            f"{self.where}: a login by SSH with the "
-                            "pinned key", step=2):
-            return False
-        self.channel = "ssh"
-        self.log.info("commands go through SSH")
-        return True
-
     def _raise_if_host_lost(self, command: str) -> None:
         """A console that went silent or closed because the host itself is gone says so."""
         why = self.host.down or self.host.unreachable()
@@ -346,77 +285,17 @@ class Guest:
                          f"--- last console lines ---\n{console}\n"
                          f"--- QEMU stderr ---\n{stderr}")
 
-    def wait_ready(self, marker: str = READY_MARKER, timeout: float | None = None) -> float:
-        """Wait for the boot marker and a shell prompt; returns seconds waited."""
-        ci = self.spec.cloud_init
-        timeout = timeout or self.spec.boot_timeout or (
-            ci.login_timeout if ci else boot_timeout(self.accel))
-        start = time.monotonic()
-        console = self.console  # connected before looking at the log: no line is missed
-        try:
-            if ci is not None:
-                marker = "login: "
-                deadline = start + timeout
-                if (self.spec.agent and self._wait_agent(deadline)) or (
-                        self.spec.ssh_key and self._wait_ssh(deadline)):
-                    # cloud-init done: its user, password and keys are in place
-                    left = max(30.0, timeout - (time.monotonic() - start))
-                    self.run("cloud-init status --wait >/dev/null 2>&1; true", timeout=left)
-                    return time.monotonic() - start
-                console_login(console, ci, timeout)
-                quiet_console(console)
-                return time.monotonic() - start
-            seen = self.host.run(["grep", "-qF", marker, f"{self.rundir}/console.log"],
-                                 check=False, timeout=30).ok
-            if not seen:
-                console.expect_exact(marker, timeout=timeout)
-            if self.spec.virtio_shell:  # its shell started before the marker
-                console = self.shell
-                self.channel = "shell"
-            console.sendline("")
-            console.wait_prompt(max(10.0, timeout - (time.monotonic() - start)))
-        except pexpect.EOF as exc:
-            raise self.describe_death("QEMU exited before the guest was ready "
-                                      "(crash, triple fault or -no-reboot exit)") from exc
-        except WaitTimeout as exc:  # logins kept failing
-            raise self.describe_death(str(exc)) from exc
-        except pexpect.TIMEOUT as exc:
-            if not self.alive():
-                raise self.describe_death("QEMU exited before the guest was ready") from exc
-            raise self.describe_death(f"no {marker!r} on the console within {timeout:g} s "
-                                      f"({self.accel})") from exc
-        return time.monotonic() - start
+    def wait_ready(self, timeout: float | None = None) -> float:
+        """Wait until commands reach the guest (see guest.ready); returns seconds waited."""
+        return ready.wait_ready(self, timeout)
 
-    def _wait_agent(self, deadline: float) -> bool:
-        """Wait for the guest agent to answer; False (the console is used) when the guest got
-        to a login prompt and the agent still did not answer 30 s later."""
-        login_seen: list[float] = []
-
-        def answered() -> str:
-            if not self.alive():
-                raise pexpect.EOF("QEMU exited")
-            try:
-                if self.agent.sync(timeout=3):
-                    return "agent"
-            except AgentUnavailable:
-                self._agent = None  # reconnect on the next try
-            if not login_seen and self.host.run(
-                    ["grep", "-qF", "login: ", f"{self.rundir}/console.log"], check=False,
-                    timeout=30).ok:
-                login_seen.append(time.monotonic())
-            if login_seen and time.monotonic() - login_seen[0] > 30:
-                return "console"
-            return ""
-
-        channel = first_within(answered, max(0.0, deadline - time.monotonic()),
-                               f"{self.where}: an answer from the guest "
-                               "agent", step=0.5) or "console"
-        if channel == "agent":
-            self.channel = "agent"
-            self.log.info("commands go through the guest agent")
-            return True
-        self.log.info("no guest agent; commands go through the serial console")
-        return False
+    def forget_channel(self, name: str) -> None:
+        """Drop the connection of a channel that did not answer (agent or ssh): the next try
+        connects afresh."""
+        if name == "ssh" and self._ssh is not None:
+            self._ssh.close()
+        self._ssh = None if name == "ssh" else self._ssh
+        self._agent = None if name == "agent" else self._agent
 
     def stop(self, keep_dir: bool = False) -> None:
         """QMP quit, then SIGTERM, then SIGKILL, each with a timeout; confirms it is gone."""

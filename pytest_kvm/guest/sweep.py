@@ -6,7 +6,7 @@ import logging
 
 from .. import remote
 from ..host import Host, list_owned
-from .qemu import RUN_DIR
+from .state import RUN_DIR
 
 log = logging.getLogger("pytest_kvm.guest")
 

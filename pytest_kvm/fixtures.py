@@ -336,7 +336,7 @@ def with_host_image(spec: GuestSpec, host: Host, session: KvmSession) -> GuestSp
     if firmware == "auto":
         firmware = "bios" if cfg.guest_root else distro.firmware_of(image)
     disks = (Disk(image=image), *spec.disks)
-    if spec.disks and spec.disks[0].path and not spec.disks[0].image:
+    if spec.disks and spec.disks[0].shared and not spec.disks[0].image:
         # a first disk on shared storage (a migrating guest's) becomes the boot disk there:
         # the image's overlay on shared storage, so that the destination boots nothing anew
         disks = (replace(spec.disks[0], image=image), *spec.disks[1:])

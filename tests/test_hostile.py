@@ -385,7 +385,7 @@ def test_a_disk_found_on_shared_storage_is_never_taken_over(rig_session, tmp_pat
     planted = os.path.join(shared, "mig-0000.qcow2")
     as_nobody("qemu-img", "create", "-q", "-f", "qcow2", planted, "64M")
     before = open(planted, "rb").read()
-    spec = GuestSpec(name="img", serial=True, shell=True, disks=(Disk(path=planted),))
+    spec = GuestSpec(name="img", serial=True, shell=True, disks=(Disk(shared=planted),))
     host = rig_session.host("host1")
     runs = host.run(["ls", f"{host.workdir}/run"], check=False).stdout
     with pytest.raises(KvmError, match="File exists|exists"):

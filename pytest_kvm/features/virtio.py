@@ -272,7 +272,7 @@ def block_driver(guest: Guest, device: str) -> str:
 def disk_index(guest: Guest, interface: str) -> int:
     """The spec's first blank disk on ``interface`` (virtio or scsi)."""
     for i, disk in enumerate(guest.spec.disks):
-        if disk.interface == interface and disk.image is None and disk.path is None:
+        if disk.interface == interface and disk.image is None and not disk.shared:
             return i
     raise LookupError(f"{guest.spec.name}: no blank {interface} disk in its spec")
 

@@ -116,7 +116,7 @@ def _start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, s
     rendered = render(spec, qemu=host.qemu, accel=accel, rundir=rundir, proc_name=proc_name,
                       kernel=kernel, initrd=initrd, disk_bases=bases, seed=seed,
                       uefi_code=uefi_code, ssh_port=ssh_port)
-    shared = [o for o, _, _ in rendered.overlays if not o.startswith(rundir + "/")]
+    shared = [o for d, (o, _, _) in zip(spec.disks, rendered.overlays, strict=True) if d.shared]
     for overlay, base, fmt in rendered.overlays:
         create = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", base, overlay]
         if overlay not in shared:

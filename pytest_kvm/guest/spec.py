@@ -20,7 +20,9 @@ class Disk:
 
     image: str | None = None
     size: str = "64M"
-    path: str | None = None  # use this file on the host as it is (shared storage): no overlay
+    # the disk's own file on shared storage (kvm_shared_storage), seen by both ends of a
+    # migration: made there by the first guest (the source), opened as it is by the next
+    shared: str | None = None
     interface: str = "virtio"
     format: str = "qcow2"
 
@@ -114,7 +116,7 @@ SHELL_SOCKET = "sh.sock"
 def disk_file(disk: Disk, rundir: str, index: int) -> str:
     """The file on the host behind a spec's disk ``index``: its overlay in the run dir, or
     the shared-storage file it names."""
-    return disk.path or f"{rundir}/disk{index}.qcow2"
+    return disk.shared or f"{rundir}/disk{index}.qcow2"
 
 
 def disk_serial(index: int) -> str:
@@ -191,7 +193,7 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
         # A disk on shared storage bypasses the host's page cache (libvirt's cache=none, which
         # it requires for migration: the destination must read what the source wrote). Only
         # its own file: its base in the host's cache may be on a file system without O_DIRECT.
-        cache = "file.cache.direct=on," if disk.path else ""
+        cache = "file.cache.direct=on," if disk.shared else ""
         # The chain is explicit: the base is opened as itself with no backing file of its
         # own (whatever its header names: a host file or device would reach the guest), and
         # the overlay's backing is that node, not the name written in the overlay.

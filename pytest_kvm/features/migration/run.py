@@ -94,14 +94,14 @@ class Run:
         self.source_status = ""
         self.cleanup: list[tuple[Host, str]] = []
         self._log: list[tuple[int, int, float]] = []  # counter_log(): what was read so far
-        self.storage = "copy" if variant == "copy-storage" or (
-            variant != "shared-storage" and shared_dir is None) else "shared"
-        if self.storage == "shared":  # its first disk there (made by the source's start;
-            # on a distro image, the image's overlay: the boot disk itself is shared)
+        if variant == "shared-storage" or (variant != "copy-storage" and shared_dir):
+            # its first disk there (made by the source's start; on a distro image, the
+            # image's overlay: the boot disk itself is shared)
             image = f"{shared_dir}/mig-{secrets.token_hex(4)}.qcow2"
             self.cleanup.append((src, image))
-            spec = spec.with_(disks=(replace(spec.disks[0], path=image), *spec.disks[1:]))
+            spec = spec.with_(disks=(replace(spec.disks[0], shared=image), *spec.disks[1:]))
         self.spec = spec
+        self.storage = "shared" if spec.disks[0].shared else "copy"  # (what the disk is)
         self.shared_dir = shared_dir
 
     def execute(self) -> Run:

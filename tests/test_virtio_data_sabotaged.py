@@ -14,7 +14,8 @@ from test_plugin import pytest_run
 SABOTAGE = textwrap.dedent('''
     import pytest
 
-    from pytest_kvm.features import virtio
+    from pytest_kvm.features.virtio import hotplug, net
+    from pytest_kvm.guest import Guest
 
 
     @pytest.fixture(scope="module", autouse=True)
@@ -24,24 +25,24 @@ SABOTAGE = textwrap.dedent('''
         # console, as on a guest without virtio_console)
         guest.channel = "console"
         guest.sh("rmmod virtio_console")
-        real_counters = virtio.counters  # counters read on the wrong interface
+        real_counters = net.counters  # counters read on the wrong interface
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(virtio, "counters", lambda g, iface: real_counters(g, "lo"))
+            mp.setattr(net, "counters", lambda g, iface: real_counters(g, "lo"))
             yield
 
 
     @pytest.fixture(autouse=True)
     def faulty_hotplug(monkeypatch):
         # a guest with no udev rule: hot-plugged CPUs and memory stay offline
-        real_sh = virtio.Guest.sh
+        real_sh = Guest.sh
 
         def sh(self, command, timeout=60):
             if "echo 1 > $c/online" in command or "echo online > $m/state" in command:
                 return ""
             return real_sh(self, command, timeout)
-        monkeypatch.setattr(virtio.Guest, "sh", sh)
+        monkeypatch.setattr(Guest, "sh", sh)
         # a guest that hangs while asked to let a device go (frozen, so no DEVICE_DELETED)
-        real_unplug = virtio.unplug
+        real_unplug = hotplug.unplug
 
         def unplug(guest, device, timeout=90):
             guest.qmp.execute("stop")
@@ -55,7 +56,7 @@ SABOTAGE = textwrap.dedent('''
                     guest.qmp.event("DEVICE_DELETED", timeout=60, device=device)
                 except Exception:
                     pass
-        monkeypatch.setattr(virtio, "unplug", unplug)
+        monkeypatch.setattr(hotplug, "unplug", unplug)
 ''')
 
 # check -> what its failure must say

@@ -9,11 +9,11 @@ import time
 
 import pexpect
 
-from pytest_kvm.fixtures import KvmSession
 from pytest_kvm.guest import GuestSpec, Owner
 from pytest_kvm.guest.image import READY_MARKER
 from pytest_kvm.guest.spec import KERNEL_ARGS
 from pytest_kvm.inventory import parse
+from pytest_kvm.lab import KvmSession
 
 ROUNDS = 3
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import statistics
 
 from pytest_kvm.features import migration as mig
-from pytest_kvm.fixtures import KvmSession
 from pytest_kvm.guest import GuestSpec, Owner
 from pytest_kvm.inventory import parse
+from pytest_kvm.lab import KvmSession
 
 from rig import SshRig
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import statistics
 import time
 
-from pytest_kvm.fixtures import KvmSession
 from pytest_kvm.guest import GuestSpec, Owner
 from pytest_kvm.inventory import parse
+from pytest_kvm.lab import KvmSession
 
 ROUNDS = 3
 LAB = "[l0]\nlocalhost ansible_connection=local\n[lab]\nlab1 kvm_parent=localhost\n"

@@ -39,9 +39,9 @@ def categories() -> list[dict]:
     """Failures of the lab rather than of the product under test, told apart by the type of
     what was raised (then Allure's defaults: product failures, test errors)."""
     from .errors import AuthenticationFailed, HostKeyMismatch, HostUnreachable, UnknownHostKey
-    from .features.nesting import NestedHostError
     from .guest import GuestError
     from .guest.distro import ImageBuildError
+    from .lab.nested import NestedHostError
 
     return [
         {"name": "Infrastructure: host unreachable",

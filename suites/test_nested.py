@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_kvm.features.nesting import L1Options, default_cpu, model_cpu, nesting_problem
+from pytest_kvm.features.nesting import default_cpu, model_cpu, nesting_problem
 from pytest_kvm.guest import GuestSpec
+from pytest_kvm.lab import L1Options
 
 pytestmark = pytest.mark.kvm_suite("nested")
 
@@ -32,7 +33,7 @@ def l1(request, kvm_host, kvm_session):
     host = kvm_session.nested_host(kvm_host, f"{kvm_host.name}-l1",
                                    L1Options(cpu=cpu, memory=2048))
     yield host
-    kvm_session.release(host)
+    host.stop()
 
 
 def test_l1_sees_the_extension(l1):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from pytest_kvm.errors import KvmError
-from pytest_kvm.fixtures import KvmSession
 from pytest_kvm.guest import (
     Disk,
     GuestCommandTimeout,
@@ -17,6 +16,7 @@ from pytest_kvm.guest import (
 )
 from pytest_kvm.guest.qemu import controller_id
 from pytest_kvm.guest.qmp import QmpEventTimeout
+from pytest_kvm.lab import KvmSession
 from pytest_kvm.waiting import WaitTimeout, first_within, wait_until
 
 

@@ -18,10 +18,10 @@ import pytest
 
 from pytest_kvm import inventory, remote
 from pytest_kvm.errors import InventoryError
-from pytest_kvm.fixtures import KvmSession
 from pytest_kvm.guest import GuestSpec, Owner
 from pytest_kvm.host import Host, JournalError, UnsafeWorkdir, list_owned, replay, undo_argv
 from pytest_kvm.host import controller_id as this_controller
+from pytest_kvm.lab import KvmSession
 from pytest_kvm.transport import for_entry
 
 from test_plugin import pytest_run

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_kvm.features import nesting
-from pytest_kvm.fixtures import KvmSession
 from pytest_kvm.guest import CloudInit, Disk, GuestSpec, Owner, distro
 from pytest_kvm.guest.cloudinit import ed25519_keypair
 from pytest_kvm.guest.console import GuestCommandTimeout
 from pytest_kvm.inventory import parse
+from pytest_kvm.lab import KvmSession, keypair
 
 from test_plugin import pytest_run
 
@@ -110,7 +109,7 @@ def test_the_password_is_in_no_log(booted):
 
 def test_without_an_agent_commands_go_over_ssh_pinned_to_the_seeds_host_key(session, image,
                                                                             tmp_path):
-    key, pub = nesting.keypair(str(tmp_path))
+    key, pub = keypair(str(tmp_path))
     ci = CloudInit(user="tester", password=secrets.token_urlsafe(12), ssh_keys=(pub,),
                    host_key=ed25519_keypair(), hostname="pkvm-ssh")
     spec = GuestSpec(name="ssh", memory=1024, smp=2, disks=(Disk(image=image),),

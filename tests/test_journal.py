@@ -17,9 +17,9 @@ import time
 import pytest
 
 from pytest_kvm.features import vfio
-from pytest_kvm.fixtures import KvmSession
 from pytest_kvm.guest import Owner
 from pytest_kvm.inventory import parse
+from pytest_kvm.lab import KvmSession
 
 from test_plugin import pytest_run
 

@@ -11,9 +11,10 @@ import pytest
 
 from pytest_kvm.errors import HostKeyMismatch
 from pytest_kvm.features import sriov, vfio
-from pytest_kvm.fixtures import KvmSession
 from pytest_kvm.guest import Owner
+from pytest_kvm.host import Host
 from pytest_kvm.inventory import parse
+from pytest_kvm.lab import KvmSession
 from pytest_kvm.waiting import wait_until
 
 from test_plugin import pytest_run
@@ -60,14 +61,14 @@ def test_a_different_host_key_is_refused(session, lab1, tmp_path):
     other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGY+X8XkS8GqkQCA4R3SrjtvHlulshQnXsKV/kYV0vi9"
     wrong.write_text(f"[127.0.0.1]:{lab1.transport.port} {other}\n")
     parent = session.host("localhost")
-    impostor = parent.forwarded_host(lab1.entry, lab1.transport.port,
-                                     lab1.transport.key_file, str(wrong))
+    impostor = Host(lab1.entry, parent.forward(lab1.entry, lab1.transport.port,
+                                               lab1.transport.key_file, str(wrong)))
     with pytest.raises(HostKeyMismatch):
         impostor.run(["true"])
 
 
 def lab1_guest(session):
-    return session._l1_guests[0]
+    return session.host("lab1").l1
 
 
 def test_bind_to_vfio_and_restore(lab1):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from pytest_kvm.features import migration as mig
-from pytest_kvm.fixtures import KvmSession
 from pytest_kvm.guest import Disk, GuestSpec, Owner, memstamp
 from pytest_kvm.inventory import parse
+from pytest_kvm.lab import KvmSession
 from pytest_kvm.waiting import wait_until
 
 from test_plugin import pytest_run

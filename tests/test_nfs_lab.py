@@ -10,9 +10,9 @@ import pytest
 
 from pytest_kvm.errors import KvmError
 from pytest_kvm.features import migration as mig
-from pytest_kvm.fixtures import GuestFactory, KvmSession
 from pytest_kvm.guest import Disk, GuestSpec, Owner
 from pytest_kvm.inventory import parse
+from pytest_kvm.lab import GuestFactory, KvmSession
 
 SPEC = GuestSpec(name="mig", serial=True, shell=True, memory=256, disks=(Disk(size="64M"),))
 SHARED = "/srv/kvm-shared"

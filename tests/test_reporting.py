@@ -154,8 +154,8 @@ def test_categories_go_by_the_type_of_what_was_raised():
     from allure_commons.utils import format_exception
 
     from pytest_kvm.errors import CommandFailed, HostUnreachable
-    from pytest_kvm.features.nesting import NestedHostError
     from pytest_kvm.guest import GuestDied
+    from pytest_kvm.lab import NestedHostError
 
     def category(exc: BaseException) -> str:
         message = format_exception(type(exc), exc).strip()

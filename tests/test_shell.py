@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from pytest_kvm.fixtures import KvmSession
 from pytest_kvm.guest import GuestCommandTimeout, GuestSpec, Owner
 from pytest_kvm.guest.cloudinit import CloudInit
 from pytest_kvm.guest.qemu import controller_id
+from pytest_kvm.lab import KvmSession
 from pytest_kvm.waiting import first_within
 
 

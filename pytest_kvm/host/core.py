@@ -231,11 +231,11 @@ class Host:
         transport.max_output = GUEST_MAX_REPLY
         return transport
 
-    def forwarded_host(self, entry: HostEntry, port: int, key_file: str,
-                       known_hosts: str) -> Host:
-        """Another host whose sshd is forwarded to a port on this host's loopback."""
-        return Host(entry, forwarded(entry.name, self.transport, port, key_file, known_hosts,
-                                     entry.config.workdir))
+    def forward(self, entry: HostEntry, port: int, key_file: str,
+                known_hosts: str) -> Transport:
+        """SSH to another host whose sshd is forwarded to a port on this host's loopback."""
+        return forwarded(entry.name, self.transport, port, key_file, known_hosts,
+                         entry.config.workdir)
 
     # -- sysfs and modules ------------------------------------------------------------------
     def read(self, path: str, default: str | None = None) -> str:

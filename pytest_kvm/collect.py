@@ -1,0 +1,95 @@
+"""Collection: a check parametrised over the inventory's hosts (one host, a migration pair,
+or a host and each device it names, as its suite's declaration says), and marked to rerun
+where its hosts allow (kvm_reruns)."""
+
+from __future__ import annotations
+
+import pytest
+
+from . import inventory as inv
+from . import registry, reporting
+from .fixtures import NO_INVENTORY, SESSION_KEY
+from .guest import GuestCommandTimeout, GuestDied
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "kvm_host" not in metafunc.fixturenames and "kvm_pair" not in metafunc.fixturenames:
+        return
+    suite = declared_suite(metafunc)
+    session = metafunc.config.stash.get(SESSION_KEY, None)
+    if session is None:
+        used = "kvm_pair" if "kvm_pair" in metafunc.fixturenames else "kvm_host"
+        metafunc.parametrize(used, [pytest.param(None, marks=pytest.mark.skip(
+            reason=NO_INVENTORY))], ids=["no-inventory"], indirect=True, scope="module")
+        return
+    names = suite_hosts(session.inventory, suite)
+    if "kvm_pair" in metafunc.fixturenames:
+        # One test per (source, destination): each host with its kvm_migration_peer, or
+        # with itself (two QEMU processes on one host).
+        pairs = [(n, session.inventory.hosts[n].config.migration_peer or n) for n in names]
+        ids = [f"{a}-to-{b}" if a != b else f"{a}-self" for a, b in pairs]
+        metafunc.parametrize("kvm_pair", pairs, ids=ids, indirect=True, scope="module")
+        return
+    if "kvm_pci" in metafunc.fixturenames and suite is not None and suite.devices:
+        # One test per (host, device the inventory names under that key).
+        key = suite.devices
+        field = inv.KEYS[key].field
+        pairs = [(n, bdf) for n in names
+                 for bdf in getattr(session.inventory.hosts[n].config, field)]
+        if not pairs:
+            metafunc.parametrize(["kvm_host", "kvm_pci"], [pytest.param(None, None, marks=(
+                pytest.mark.skip(reason=f"no host in {session.inventory.path} names a device "
+                                        f"in {key}")))], ids=[f"no-{key}"],
+                indirect=["kvm_host"], scope="module")
+            return
+        metafunc.parametrize(["kvm_host", "kvm_pci"], pairs,
+                             ids=[f"{n}-{bdf}" for n, bdf in pairs], indirect=["kvm_host"],
+                             scope="module")
+        return
+    metafunc.parametrize("kvm_host", names, ids=names, indirect=True, scope="module")
+
+
+def declared_suite(metafunc: pytest.Metafunc) -> registry.Suite | None:
+    """The suite a test's module declares with ``@pytest.mark.kvm_suite(name)`` (None for a
+    test of no suite, which runs on every host); a name that is not declared in the registry
+    fails collection in one line naming the file and the fix."""
+    marker = metafunc.definition.get_closest_marker("kvm_suite")
+    if marker is None:
+        return None
+    name = marker.args[0] if marker.args else None
+    suite = registry.get(name) if isinstance(name, str) else None
+    if suite is None:
+        pytest.fail(f"{metafunc.definition.nodeid.split('::')[0]}: kvm_suite({name!r}) is not a "
+                    f"declared suite, so it would run on no host; declare it once with "
+                    f"pytest_kvm.registry.register(Suite({name!r}, shape)) in a conftest.py "
+                    f"(declared: {', '.join(registry.names())})", pytrace=False)
+    return suite
+
+
+def suite_hosts(inventory, suite: registry.Suite | None) -> list[str]:
+    """The hosts a suite runs on: those whose kvm_suites names it (all, for a test of no
+    suite). Sorted, so that xdist workers agree."""
+    return sorted(name for name, entry in inventory.hosts.items()
+                  if suite is None or entry.config.takes_part(suite.name))
+
+
+# What a rerun (kvm_reruns) is for: a guest that died or hung, not a failed check.
+# What kvm_reruns reruns: a guest that died (QEMU exited, reset, triple-faulted) or stopped
+# answering, raised anywhere in the failure's chain of causes (pytest-rerunfailures follows it).
+RERUN_ON = [GuestDied, GuestCommandTimeout]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None:
+        return
+    if reporting.active(config):
+        reporting.label_items(items)
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        names = [params.get("kvm_host"), *(params.get("kvm_pair") or ())]
+        reruns = max((session.inventory.hosts[n].config.reruns for n in names
+                      if n in session.inventory.hosts), default=0)
+        if reruns and not item.get_closest_marker("flaky"):
+            item.add_marker(pytest.mark.flaky(reruns=reruns, only_rerun=RERUN_ON))

@@ -144,8 +144,8 @@ def attach_guest(guest, failed: bool) -> None:
     if not guest.stopped:
         attach_text(f"{label} console log", guest.read_log("console.log", 300))
         attach_text(f"{label} QEMU stderr", guest.read_log("qemu.log", 200))
-    if guest._qmp is not None:  # noqa: SLF001 - only when the test used QMP
-        attach_text(f"{label} QMP exchange", "\n".join(guest._qmp.log[-400:]))  # noqa: SLF001
+    if guest.qmp_exchange:  # only when the test used QMP
+        attach_text(f"{label} QMP exchange", "\n".join(guest.qmp_exchange[-400:]))
 
 
 def write_environment(config: pytest.Config, session) -> None:
@@ -155,7 +155,7 @@ def write_environment(config: pytest.Config, session) -> None:
         return
     os.makedirs(directory, exist_ok=True)
     lines = [f"inventory={session.inventory.path}"]
-    for name, host in sorted(session._hosts.items()):  # noqa: SLF001
+    for name, host in sorted(session.hosts_up().items()):
         try:
             f = host.facts
         except Exception:

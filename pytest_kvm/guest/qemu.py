@@ -195,6 +195,11 @@ class Guest:
 
     # -- QMP --------------------------------------------------------------------------------
     @property
+    def qmp_exchange(self) -> list[str]:
+        """What went over QMP so far (empty when nothing used it)."""
+        return self._qmp.log if self._qmp is not None else []
+
+    @property
     def qmp(self) -> Qmp:
         return self._connect_qmp()
 

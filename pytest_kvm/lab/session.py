@@ -117,6 +117,10 @@ class KvmSession:
         self._background = threading.Thread(target=boot, name="kvm-boot", daemon=True)
         self._background.start()
 
+    def hosts_up(self) -> dict[str, Host]:
+        """The hosts connected so far (a background boot may be adding one)."""
+        return dict(self._hosts)
+
     def connected(self) -> list[tuple[str, str]]:
         """(name, summary) of the hosts up so far (facts probed); "NOT USED" and why for
         those that failed."""

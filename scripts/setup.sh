@@ -24,7 +24,7 @@ fi
 
 APT_PKGS=(openssh-server openssh-client busybox-static iproute2 socat pciutils kmod
           cpio zstd xz-utils e2fsprogs debootstrap sudo shellcheck gcc
-          ovmf grub-efi-amd64-bin mtools dosfstools
+          ovmf grub-efi-amd64-bin grub-pc-bin fdisk mtools dosfstools
           nfs-kernel-server)  # the lab's NFS userland (the L1s run it; L0 has no nfsd)
 BPO_PKGS=(qemu-system-x86 qemu-utils)
 # --with-report: what rendering and checking the Allure report needs (make test, make report)

@@ -7,8 +7,10 @@ Built once per machine and cached (~3 min); each boot under TCG takes about 1.5 
 
 from __future__ import annotations
 
+import json
 import secrets
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -40,20 +42,33 @@ def session():
 
 @pytest.fixture(scope="module")
 def booted(session, image, rig):
-    """A guest on the image: UEFI firmware, the image's GRUB, kernel and initramfs, a cloud-init
-    seed with a user, a password and an SSH key."""
+    """A guest on the image: UEFI firmware (OVMF), the image's GRUB, kernel and initramfs, a
+    cloud-init seed with a user, a password and an SSH key."""
     key = open(rig.key + ".pub").read().strip()
     ci = CloudInit(user="tester", password=secrets.token_urlsafe(12), ssh_keys=(key,),
                    hostname="pkvm-image")
     spec = GuestSpec(name="image", memory=1024, smp=2, disks=(Disk(image=image),),
-                     cloud_init=ci, agent=True, firmware=distro.firmware_of(image))
+                     cloud_init=ci, agent=True, firmware="uefi")
     guest = session.start_guest(session.host("localhost"), spec, "test_image")
     yield guest, ci, key
     guest.stop()
 
 
-def test_the_image_is_a_uefi_disk_with_partitions(image):
-    assert distro.firmware_of(image) == "uefi"  # an EFI system partition, no BIOS boot code
+def test_the_image_is_a_gpt_disk_with_bios_boot_esp_and_root(image, tmp_path):
+    """The layout of Debian's cloud images, as sfdisk (util-linux) reads it back."""
+    raw = tmp_path / "disk.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", image, str(raw)], check=True,
+                   timeout=300)
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(raw)], check=True,
+                                      capture_output=True, text=True).stdout)["partitiontable"]
+    assert table["label"] == "gpt"
+    assert [(p["name"], p["type"]) for p in table["partitions"]] == [
+        ("bios", "21686148-6449-6E6F-744E-656564454649"),  # BIOS boot: GRUB's core image
+        ("esp", "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),  # EFI system partition
+        ("root", "0FC63DAF-8483-4772-8E79-3D69D8477DE4")]  # Linux file system
+    with open(raw, "rb") as f:
+        assert any(f.read(440))  # GRUB's boot code in the protective MBR
+    assert distro.firmware_of(image) == "bios"  # boots either way: SeaBIOS starts faster
 
 
 def test_it_booted_through_its_own_bootloader(booted):
@@ -126,16 +141,29 @@ def test_without_an_agent_commands_go_over_ssh_pinned_to_the_seeds_host_key(sess
         guest.stop()
 
 
-def test_without_an_agent_the_console_is_the_fallback(session, image):
+@pytest.fixture(scope="module")
+def console_guest(session, image):
+    """A guest on the image with neither agent nor SSH, booted as firmware_of says (SeaBIOS)."""
     ci = CloudInit(user="root", password=secrets.token_urlsafe(12), hostname="pkvm-console")
     spec = GuestSpec(name="console", memory=1024, smp=2, disks=(Disk(image=image),),
-                     cloud_init=ci, agent=False, firmware="uefi")
+                     cloud_init=ci, agent=False, firmware=distro.firmware_of(image))
     guest = session.start_guest(session.host("localhost"), spec, "test_image")
-    try:
-        assert guest.channel == "console"
-        assert guest.run("id -un; echo done") == (0, "root\ndone\n")
-    finally:
-        guest.stop()
+    yield guest
+    guest.stop()
+
+
+def test_without_an_agent_the_console_is_the_fallback(console_guest):
+    assert console_guest.channel == "console"
+    assert console_guest.run("id -un; echo done") == (0, "root\ndone\n")
+
+
+def test_it_booted_through_seabios_and_the_images_grub(console_guest):
+    assert "-kernel" not in console_guest.argv
+    assert not any("if=pflash" in a for a in console_guest.argv)  # no OVMF: SeaBIOS
+    cmdline = console_guest.sh("cat /proc/cmdline")
+    assert cmdline.startswith("BOOT_IMAGE=/vmlinuz") and "root=LABEL=root" in cmdline  # GRUB's
+    assert console_guest.sh("test -d /sys/firmware/efi && echo efi || echo bios").strip() \
+        == "bios"
 
 
 # The migration suite's ping-pong, postcopy, multifd and xbzrle variants take ~11 more minutes
@@ -167,11 +195,11 @@ def test_kvm_guest_root_boots_the_images_root_with_the_micro_kernel(session, ima
     initramfs, then switch_root to the image's root partition and its own init."""
     ci = CloudInit(user="root", password=secrets.token_urlsafe(12), hostname="pkvm-root")
     spec = GuestSpec(name="root", memory=1024, smp=2, disks=(Disk(image=image),),
-                     cloud_init=ci, agent=True, root="/dev/vda2")
+                     cloud_init=ci, agent=True, root="/dev/vda3")
     guest = session.start_guest(session.host("localhost"), spec, "test_image")
     try:
         assert "-kernel" in guest.argv and guest.channel == "agent"
-        assert guest.sh("findmnt -n -o SOURCE /").strip() == "/dev/vda2"
-        assert "pkvm.root=/dev/vda2" in guest.sh("cat /proc/cmdline")
+        assert guest.sh("findmnt -n -o SOURCE /").strip() == "/dev/vda3"
+        assert "pkvm.root=/dev/vda3" in guest.sh("cat /proc/cmdline")
     finally:
         guest.stop()

@@ -1,14 +1,17 @@
 """A bootable, cloud-style Debian 12 image for labs that have none (``make image``).
 
-What a cloud image has: a partitioned disk (an EFI system partition and an ext4 root), a real
-bootloader (GRUB for UEFI, started by the firmware from ``\\EFI\\BOOT\\BOOTX64.EFI``; it
-loads the distro's own kernel and initramfs from the root), cloud-init (NoCloud),
-qemu-guest-agent and sshd, no root password and no SSH host keys (cloud-init makes both per
-instance). Built as root without loop devices or mounts: debootstrap into a directory,
-``mkfs.ext4 -d`` for the root, ``mkfs.vfat`` + mtools for the ESP, a partition table written
-here. Cached by the content of its recipe.
+What a cloud image has: a GPT disk with a BIOS boot partition, an EFI system partition and an
+ext4 root (Debian's and Ubuntu's cloud images' layout), a real bootloader both ways (GRUB for
+UEFI, started by the firmware from ``\\EFI\\BOOT\\BOOTX64.EFI``; GRUB for BIOS, its boot code
+in the protective MBR and its core in the BIOS boot partition; either loads the distro's own
+kernel and initramfs from the root), cloud-init (NoCloud), qemu-guest-agent and sshd, no root
+password and no SSH host keys (cloud-init makes both per instance). Built as root without loop
+devices or mounts: debootstrap into a directory, ``mkfs.ext4 -d`` for the root, ``mkfs.vfat``
++ mtools for the ESP, the partition table written by ``sfdisk``, GRUB's BIOS boot code by
+``grub-bios-setup``. Cached by the content of its recipe.
 
-Guests boot it through the firmware (OVMF, ``firmware="uefi"``), never with ``-kernel``.
+Guests boot it through its own bootloader, never with ``-kernel``: SeaBIOS by default (it
+starts faster; ``firmware_of``), OVMF with ``firmware="uefi"``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import logging
 import os
 import re
 import shutil
-import struct
 import subprocess
 import tempfile
 import time
@@ -35,9 +37,10 @@ SUITE = "bookworm"
 PACKAGES = ("systemd-sysv,udev,kmod,linux-image-amd64,initramfs-tools,openssh-server,"
             "cloud-init,python3-cffi-backend,qemu-guest-agent,ifupdown,isc-dhcp-client,"
             "netbase,ca-certificates,sudo")
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"  # 2: GPT (BIOS boot + ESP + root), GRUB for BIOS too
 ROOT_SIZE = "2G"
 ESP_MIB = 64
+BIOS_BOOT_MIB = 1  # GRUB's core image (about 140 KiB) for BIOS, embedded here
 
 CLOUD_CFG = """\
 # Only the NoCloud seed: never probe a metadata server over the network.
@@ -56,10 +59,13 @@ initrd /initrd.img
 boot
 """
 GRUB_MODULES = "part_msdos part_gpt fat ext2 search search_label normal linux echo"
+GRUB_BIOS_MODULES = "biosdisk part_gpt ext2 search search_label normal linux echo"
+GRUB_BIOS_DIR = "/usr/lib/grub/i386-pc"  # its modules, boot.img and grub-bios-setup
 
 TOOLS = {"debootstrap": "debootstrap", "mkfs.ext4": "e2fsprogs", "mkfs.vfat": "dosfstools",
          "mcopy": "mtools", "grub-mkstandalone": "grub-efi-amd64-bin",
-         "qemu-img": "qemu-utils"}
+         "grub-mkimage": "grub-common", f"{GRUB_BIOS_DIR}/grub-bios-setup": "grub-pc-bin",
+         "sfdisk": "fdisk", "unshare": "util-linux", "qemu-img": "qemu-utils"}
 
 
 class ImageBuildError(Exception):
@@ -85,12 +91,12 @@ def debian_mirror(suite: str = SUITE) -> str:
 
 def recipe_key() -> str:
     text = "\n".join((RECIPE_VERSION, SUITE, PACKAGES, CLOUD_CFG, GRUB_CFG, GRUB_MODULES,
-                      ROOT_SIZE, str(ESP_MIB)))
+                      GRUB_BIOS_MODULES, ROOT_SIZE, str(ESP_MIB), str(BIOS_BOOT_MIB)))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def default_path() -> Path:
-    return cache_root() / "distro" / f"debian-{SUITE}-uefi-{recipe_key()}.qcow2"
+    return cache_root() / "distro" / f"debian-{SUITE}-{recipe_key()}.qcow2"
 
 
 def _run(argv: list[str], timeout: float, **kw) -> None:
@@ -138,6 +144,7 @@ def _build(out: Path) -> None:
         _esp(work, esp_img)
         disk = work / "disk.raw"
         _assemble(disk, esp_img, root_img)
+        _grub_bios(work, disk)
         part = work / "disk.qcow2"
         _run(["qemu-img", "convert", "-O", "qcow2", str(disk), str(part)], timeout=900)
         os.replace(part, out)
@@ -178,38 +185,52 @@ def _esp(work: Path, esp: Path) -> None:
 
 
 def _assemble(disk: Path, esp: Path, root: Path) -> None:
-    """An MBR disk: the ESP (type 0xEF) at 1 MiB, the root (0x83) after it."""
-    sector = 512
-    esp_start = 2048
+    """A GPT disk, as sfdisk writes it: the BIOS boot partition at 1 MiB, the ESP and the
+    root after it; each file system copied in (sparse)."""
+    sector, mib = 512, 2048
+    bios_start = mib
+    esp_start = bios_start + BIOS_BOOT_MIB * mib
     esp_sectors = esp.stat().st_size // sector
     root_start = esp_start + esp_sectors
     root_sectors = root.stat().st_size // sector
-    total = (root_start + root_sectors) * sector
+    with open(disk, "wb") as f:  # and 33 sectors for the backup GPT at the end
+        f.truncate((root_start + root_sectors + 33) * sector)
+    table = (f"label: gpt\nunit: sectors\n"
+             f"start={bios_start}, size={BIOS_BOOT_MIB * mib}, type={BIOS_BOOT_GUID}, name=bios\n"
+             f"start={esp_start}, size={esp_sectors}, type={ESP_GUID}, name=esp\n"
+             f"start={root_start}, size={root_sectors}, type={LINUX_FS_GUID}, name=root\n")
+    _run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(disk)], timeout=60,
+         input=table)
+    for start, part in ((esp_start, esp), (root_start, root)):
+        _run(["dd", f"if={part}", f"of={disk}", "bs=1M", f"seek={start * sector}",
+              "oflag=seek_bytes", "conv=notrunc,sparse", "status=none"], timeout=600)
 
-    def entry(boot: int, kind: int, start: int, count: int) -> bytes:
-        chs = b"\xfe\xff\xff"  # beyond CHS: the LBA fields count
-        return struct.pack("<B3sB3sII", boot, chs, kind, chs, start, count)
 
-    mbr = bytearray(sector)
-    struct.pack_into("<I", mbr, 440, int.from_bytes(os.urandom(4), "little"))  # disk id
-    mbr[446:462] = entry(0x80, 0xEF, esp_start, esp_sectors)
-    mbr[462:478] = entry(0x00, 0x83, root_start, root_sectors)
-    mbr[510:512] = b"\x55\xaa"
-    with open(disk, "wb") as f:
-        f.truncate(total)
-        f.write(mbr)
-        for start, part in ((esp_start, esp), (root_start, root)):
-            f.seek(start * sector)
-            with open(part, "rb") as src:
-                while chunk := src.read(1 << 20):
-                    if chunk.count(0) == len(chunk):
-                        f.seek(len(chunk), os.SEEK_CUR)  # keep it sparse
-                    else:
-                        f.write(chunk)
+def _grub_bios(work: Path, disk: Path) -> None:
+    """GRUB for BIOS: its core image (the boot config embedded) into the BIOS boot partition
+    and its boot code into the protective MBR, by grub-bios-setup. That tool insists on
+    opening the device its ``--directory`` lives on; as mkosi does (``grub_bios_setup``), it
+    is shown a mountinfo, in a mount namespace of its own, where that device is the image."""
+    cfg = work / "grub-bios.cfg"
+    cfg.write_text(GRUB_CFG)
+    boot = work / "grub-bios"
+    boot.mkdir()
+    shutil.copy(f"{GRUB_BIOS_DIR}/boot.img", boot / "boot.img")
+    _run(["grub-mkimage", "-O", "i386-pc", "-o", str(boot / "core.img"), "-c", str(cfg),
+          "-p", "/boot/grub", *GRUB_BIOS_MODULES.split()], timeout=300)
+    device_map = work / "device.map"
+    device_map.write_text(f"(hd0) {disk}\n")
+    mountinfo = work / "mountinfo"
+    mountinfo.write_text(f"1 0 1:1 / / - fat {str(disk).replace(' ', chr(92) + '040')}\n")
+    _run(["unshare", "--mount", "sh", "-c",
+          'm=$1; shift; mount --bind "$m" /proc/$$/mountinfo && exec "$@"', "sh",
+          str(mountinfo), f"{GRUB_BIOS_DIR}/grub-bios-setup", "--directory", str(boot),
+          "--device-map", str(device_map), str(disk)], timeout=300)
 
 
 ESP_GUID = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 BIOS_BOOT_GUID = "21686148-6449-6e6f-744e-656564454649"
+LINUX_FS_GUID = "0fc63daf-8483-4772-8e79-3d69d8477de4"
 
 
 def firmware_of(image: str) -> str:

@@ -204,7 +204,9 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
         argv += ["-blockdev", json.dumps(base_node, separators=(",", ":")),
                  "-blockdev", f"driver=qcow2,node-name=disk{i},file.driver=file,{cache}"
                               f"file.filename={qopt(overlay)},backing=base{i}"]
-        serial = disk_serial(i)
+        # booting the disk's own bootloader: the first disk is the one the firmware boots
+        # (SeaBIOS tries disks in its own order otherwise, and stops at a blank one)
+        serial = disk_serial(i) + (",bootindex=0" if i == 0 and not kernel else "")
         if disk.interface == "virtio":
             argv += ["-device", f"virtio-blk-pci,drive=disk{i},id=vd{i},serial={serial}"]
         else:

@@ -46,7 +46,7 @@ report-check: report
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	shellcheck -s sh pytest_kvm/remote/*.sh
+	shellcheck -s sh pytest_kvm/remote/*.sh pytest_kvm/guest/*.sh
 
 clean:
 	rm -rf $(VENV) reports/allure-results reports/allure-report reports/allure-overview.png reports/bench.json \

@@ -214,6 +214,12 @@ def test_remote_scripts_are_files_that_pass_shellcheck():
     r = subprocess.run(["shellcheck", "-s", "sh", *scripts], cwd=folder, capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stdout
+    guest = os.path.join(os.path.dirname(folder), "guest")  # the micro guest's init
+    scripts = sorted(f for f in os.listdir(guest) if f.endswith(".sh"))
+    assert {"micro-init.sh", "micro-hostroot.sh"} <= set(scripts)
+    r = subprocess.run(["shellcheck", "-s", "sh", *scripts], cwd=guest, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stdout
 
 
 def test_session_refuses_an_unsafe_work_dir_before_any_sweep(rig, tmp_path, shared):

@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import zlib
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from filelock import FileLock
@@ -47,113 +48,10 @@ MODULES = (
     "nfsd", "nfsv4",  # the two-host lab's shared storage (NFS between nested hosts)
 )
 
-INIT = r"""#!/bin/busybox sh
-/bin/busybox mkdir -p /sbin /usr/bin /usr/sbin /proc /sys /dev /run /tmp /mnt /root
-/bin/busybox --install -s
-export PATH=/sbin:/bin:/usr/sbin:/usr/bin HOME=/root
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
-hostname "$(sed -n 's/.*pkvm.hostname=\([^ ]*\).*/\1/p' /proc/cmdline)"
-[ "$(hostname)" = "(none)" ] || [ -n "$(hostname)" ] || hostname pytest-kvm-guest
-# Drivers for the devices present, from their modaliases, as udev would load them. Repeat
-# while new devices appear (virtio_pci creates the virtio devices its children drive).
-prev=
-for pass in 1 2 3 4 5; do
-  cur=$(cat /sys/bus/*/devices/*/modalias 2>/dev/null | sort -u)
-  [ "$cur" = "$prev" ] && break
-  for alias in $cur; do modprobe -q "$alias" 2>/dev/null; done
-  prev=$cur
-done
-# The CPU's modalias (kvm_intel/kvm_amd by vmx/svm) is too long for busybox's modprobe:
-# match it against the CPU aliases here.
-cpu=$(cat /sys/devices/system/cpu/modalias 2>/dev/null)
-grep '^alias cpu:' /lib/modules/$(uname -r)/modules.alias | while read -r _ pattern module; do
-  case "$cpu" in $pattern) modprobe -q "$module";; esac
-done
-ip link set lo up 2>/dev/null
-# A distro root disk booted with this kernel (pkvm.root=/dev/vda): hand over to its init.
-root=$(sed -n 's/.*pkvm.root=\([^ ]*\).*/\1/p' /proc/cmdline)
-if [ -n "$root" ]; then
-  modprobe -q crc32c_generic; modprobe -q ext4
-  mkdir -p /newroot
-  if mount -o rw "$root" /newroot; then
-    umount /dev/pts; mount --move /dev /newroot/dev; umount /proc /sys
-    exec switch_root /newroot /sbin/init
-  fi
-  echo "pytest-kvm: cannot mount $root" > /dev/console
-fi
-grep -q pkvm.hostroot /proc/cmdline && . /etc/pkvm-hostroot.sh
-# pkvm.shell=1: a login shell on the virtio console named @SHELL@ too, for the controller's
-# commands (kernel messages stay on ttyS0). Its /dev/hvcN: the port's console number, minus
-# one (debugfs; the ports appear once virtio_console has talked to the device).
-if grep -q pkvm.shell=1 /proc/cmdline; then
-  mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
-  for try in $(seq 100); do
-    for p in /sys/kernel/debug/virtio-ports/*; do
-      grep -qx 'name: @SHELL@' "$p" 2>/dev/null || continue
-      n=$(sed -n 's/^console_vtermno: //p' "$p")
-      [ -n "$n" ] && hvc=/dev/hvc$((n - 1))
-    done
-    [ -n "$hvc" ] && break
-    sleep 0.1
-  done
-  if [ -n "$hvc" ]; then
-    # Its controlling terminal (setsid -c), so ^C interrupts a command that timed out; started
-    # by start-stop-daemon, not `&`: a job of this non-interactive shell would ignore SIGINT,
-    # and so would every command of the shell (the -n name matches nothing: always started).
-    start-stop-daemon -S -b -n pkvm-shell -x /bin/sh -- -c \
-      'while true; do setsid -c sh -l <>"$0" >&0 2>&1; sleep 0.2; done' "$hvc"
-  else
-    echo "pytest-kvm: no virtio console @SHELL@"
-  fi
-fi
-echo "@READY@ $(uname -r)"
-while true; do setsid cttyhack sh -l; done
-"""
-
-# A KVM host made of a guest: the parent's root filesystem, read-only over 9p, with tmpfs where
-# writes are needed, this kernel's modules, and sshd with a fresh host key that is printed on
-# the console (so the controller can pin it). Commands over SSH run chrooted in that root.
-HOSTROOT = r"""
-arg() { sed -n "s/.*pkvm.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
-modprobe -q virtio_pci; modprobe -q 9pnet_virtio; modprobe -q 9p; modprobe -q overlay
-modprobe -q tun  # /dev/net/tun, for guests' tap NICs
-R=/mnt/host
-mkdir -p /mnt/lower /mnt/rw $R
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /mnt/lower
-mount -t tmpfs tmpfs /mnt/rw && mkdir -p /mnt/rw/upper /mnt/rw/work
-# Writes land in this guest's memory; the parent's files are never changed.
-mount -t overlay overlay -o lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work $R ||
-  echo "PKVM-HOSTROOT-FAILED"
-for d in tmp run var/tmp; do mount -t tmpfs -o mode=1777 tmpfs $R/$d; done
-# No dotfiles: every SSH command would run them (and the parent's may be slow here).
-rm -f $R/root/.bashrc $R/root/.profile $R/root/.bash_profile $R/root/.bash_login
-rm -rf $R/lib/modules; mkdir -p $R/lib/modules/$(uname -r)
-mount --bind /lib/modules/$(uname -r) $R/lib/modules/$(uname -r)
-mount --rbind /dev $R/dev; mount -t proc proc $R/proc; mount -t sysfs sysfs $R/sys
-# The management NIC is the one with the MAC the parent gave it (drivers load in any order).
-mac=$(arg mac)
-for i in /sys/class/net/*; do [ "$(cat $i/address)" = "$mac" ] && dev=${i##*/}; done
-ip link set "$dev" up && ip addr add 10.0.2.15/24 dev "$dev" && ip route add default via 10.0.2.2
-# A private link to another nested host (kvm_l1_link): the NIC with the link's MAC.
-lmac=$(arg linkmac)
-if [ -n "$lmac" ]; then
-  for i in /sys/class/net/*; do [ "$(cat $i/address)" = "$lmac" ] && ldev=${i##*/}; done
-  ip link set "$ldev" up && ip addr add "$(arg linkaddr)" dev "$ldev"
-fi
-mkdir -p $R/run/sshd $R/run/pkvm
-arg authkey | tr ':' ' ' > $R/run/pkvm/authorized_keys
-chroot $R ssh-keygen -q -t ed25519 -N '' -f /run/pkvm/host_key
-printf '%s\n' "HostKey /run/pkvm/host_key" "PermitRootLogin prohibit-password" \
-  "PubkeyAuthentication yes" "PasswordAuthentication no" "KbdInteractiveAuthentication no" \
-  "AuthorizedKeysFile /run/pkvm/authorized_keys" "UsePAM no" "StrictModes no" \
-  "MaxSessions 64" "MaxStartups 64:30:128" "PidFile /run/pkvm/sshd.pid" \
-  "Subsystem sftp internal-sftp" "LogLevel ERROR" > $R/run/pkvm/sshd_config
-chroot $R /usr/sbin/sshd -f /run/pkvm/sshd_config
-echo "PKVM-HOSTKEY $(cut -d' ' -f1,2 $R/run/pkvm/host_key.pub) PKVM-END"
-"""
+# The initramfs's init (a distro-like boot, then a root shell) and what it runs to become a
+# nested host (pkvm.hostroot=1): shell in files of their own, checked by shellcheck.
+INIT = resources.files(__package__).joinpath("micro-init.sh").read_text()
+HOSTROOT = resources.files(__package__).joinpath("micro-hostroot.sh").read_text()
 
 PROFILE = f"""export PATH=/sbin:/bin:/usr/sbin:/usr/bin HOME=/root
 PS1='{PROMPT}'

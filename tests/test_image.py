@@ -7,8 +7,10 @@ Built once per machine and cached (~3 min); each boot under TCG takes about 1.5 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 from pytest_kvm.guest import CloudInit, Disk, GuestSpec, Owner, distro
 from pytest_kvm.guest.cloudinit import ed25519_keypair
 from pytest_kvm.guest.console import GuestCommandTimeout
+from pytest_kvm.guest.spec import DATA_NET, SSH_MAC, Nic
 from pytest_kvm.inventory import parse
 from pytest_kvm.lab import KvmSession, keypair
 
@@ -40,20 +43,6 @@ def session():
     s.close()
 
 
-@pytest.fixture(scope="module")
-def booted(session, image, rig):
-    """A guest on the image: UEFI firmware (OVMF), the image's GRUB, kernel and initramfs, a
-    cloud-init seed with a user, a password and an SSH key."""
-    key = open(rig.key + ".pub").read().strip()
-    ci = CloudInit(user="tester", password=secrets.token_urlsafe(12), ssh_keys=(key,),
-                   hostname="pkvm-image")
-    spec = GuestSpec(name="image", memory=1024, smp=2, disks=(Disk(image=image),),
-                     cloud_init=ci, agent=True, firmware="uefi")
-    guest = session.start_guest(session.host("localhost"), spec, "test_image")
-    yield guest, ci, key
-    guest.stop()
-
-
 def test_the_image_is_a_gpt_disk_with_bios_boot_esp_and_root(image, tmp_path):
     """The layout of Debian's cloud images, as sfdisk (util-linux) reads it back."""
     raw = tmp_path / "disk.raw"
@@ -71,80 +60,129 @@ def test_the_image_is_a_gpt_disk_with_bios_boot_esp_and_root(image, tmp_path):
     assert distro.firmware_of(image) == "bios"  # boots either way: SeaBIOS starts faster
 
 
-def test_it_booted_through_its_own_bootloader(booted):
-    guest, _, _ = booted
-    assert "-kernel" not in guest.argv and any("if=pflash" in a for a in guest.argv)
-    cmdline = guest.sh("cat /proc/cmdline")
-    assert cmdline.startswith("BOOT_IMAGE=/vmlinuz") and "root=LABEL=root" in cmdline  # GRUB's
-    assert guest.sh("ls /sys/firmware/efi >/dev/null && echo efi").strip() == "efi"
-
-
-def test_commands_go_through_the_guest_agent(booted):
-    guest, _, _ = booted
-    assert guest.channel == "agent"
-    assert guest.run("echo out; echo err >&2; exit 3", check=False) == (3, "out\nerr\n")
-
-
-def test_console_noise_cannot_reach_a_commands_output(booted):
-    guest, _, _ = booted
-    noisy = ("for i in 1 2 3; do echo '[   12.3] virtio_net: noise' > /dev/console; "
-             "echo '<3>kernel noise' > /dev/kmsg; echo out$i; done")
-    assert guest.run(noisy) == (0, "out1\nout2\nout3\n")
-
-
-def test_a_command_that_hangs_times_out_and_is_killed(booted):
-    guest, _, _ = booted
-    with pytest.raises(GuestCommandTimeout, match="did not finish within 2 s"):
-        guest.run("sleep 300", timeout=2)
-    assert guest.run("pgrep -x sleep || echo none") == (0, "none\n")
-
-
-def test_cloud_init_set_the_user_password_and_key_from_the_seed(booted):
-    guest, ci, key = booted
-    assert guest.sh("cat /etc/hostname").strip() == ci.hostname
-    assert key in guest.sh(f"cat /home/{ci.user}/.ssh/authorized_keys")
-    shadow = guest.sh(f"getent shadow {ci.user}").split(":")[1]
-    assert shadow.startswith("$") and ci.password not in shadow  # a hash of it
-    status = guest.sh("cloud-init status --long")
-    assert "status: done" in status and "DataSourceNoCloud" in status, status
-
-
-def test_its_services_run(booted):
-    guest, _, _ = booted
-    assert guest.sh("systemctl is-active ssh qemu-guest-agent").split() == ["active", "active"]
-
-
-def test_the_password_is_in_no_log(booted):
-    guest, ci, _ = booted
-    for log in ("console.log", "qemu.log", "cmdline"):
-        assert ci.password not in guest.read_log(log, 100000)
-    assert not guest.host.run(["sh", "-c", f"ls -l {guest.rundir}/seed.iso"]).stdout.startswith(
-        "-rw-r")  # 0600
-
-
-def test_without_an_agent_commands_go_over_ssh_pinned_to_the_seeds_host_key(session, image,
-                                                                            tmp_path):
-    key, pub = keypair(str(tmp_path))
-    ci = CloudInit(user="tester", password=secrets.token_urlsafe(12), ssh_keys=(pub,),
-                   host_key=ed25519_keypair(), hostname="pkvm-ssh")
-    spec = GuestSpec(name="ssh", memory=1024, smp=2, disks=(Disk(image=image),),
-                     cloud_init=ci, agent=False, ssh_key=key, firmware="uefi")
+@pytest.fixture(scope="class")
+def booted(session, image, rig):
+    """A guest on the image: UEFI firmware (OVMF), the image's GRUB, kernel and initramfs, a
+    cloud-init seed with a user, a password and an SSH key."""
+    key = open(rig.key + ".pub").read().strip()
+    ci = CloudInit(user="tester", password=secrets.token_urlsafe(12), ssh_keys=(key,),
+                   hostname="pkvm-image")
+    spec = GuestSpec(name="image", memory=1024, smp=2, disks=(Disk(image=image),),
+                     cloud_init=ci, agent=True, firmware="uefi")
     guest = session.start_guest(session.host("localhost"), spec, "test_image")
-    try:
+    yield guest, ci, key
+    guest.stop()
+
+
+class TestAgentGuest:
+    """The guest agent: UEFI (OVMF), the suites' usual channel."""
+
+    def test_it_booted_through_its_own_bootloader(self, booted):
+        guest, _, _ = booted
+        assert "-kernel" not in guest.argv and any("if=pflash" in a for a in guest.argv)
+        cmdline = guest.sh("cat /proc/cmdline")
+        assert cmdline.startswith("BOOT_IMAGE=/vmlinuz") and "root=LABEL=root" in cmdline  # GRUB's
+        assert guest.sh("ls /sys/firmware/efi >/dev/null && echo efi").strip() == "efi"
+
+
+    def test_commands_go_through_the_guest_agent(self, booted):
+        guest, _, _ = booted
+        assert guest.channel == "agent"
+        assert guest.run("echo out; echo err >&2; exit 3", check=False) == (3, "out\nerr\n")
+
+
+    def test_console_noise_cannot_reach_a_commands_output(self, booted):
+        guest, _, _ = booted
+        noisy = ("for i in 1 2 3; do echo '[   12.3] virtio_net: noise' > /dev/console; "
+                 "echo '<3>kernel noise' > /dev/kmsg; echo out$i; done")
+        assert guest.run(noisy) == (0, "out1\nout2\nout3\n")
+
+
+    def test_a_command_that_hangs_times_out_and_is_killed(self, booted):
+        guest, _, _ = booted
+        with pytest.raises(GuestCommandTimeout, match="did not finish within 2 s"):
+            guest.run("sleep 300", timeout=2)
+        assert guest.run("pgrep -x sleep || echo none") == (0, "none\n")
+
+
+    def test_cloud_init_set_the_user_password_and_key_from_the_seed(self, booted):
+        guest, ci, key = booted
+        assert guest.sh("cat /etc/hostname").strip() == ci.hostname
+        assert key in guest.sh(f"cat /home/{ci.user}/.ssh/authorized_keys")
+        shadow = guest.sh(f"getent shadow {ci.user}").split(":")[1]
+        assert shadow.startswith("$") and ci.password not in shadow  # a hash of it
+        status = guest.sh("cloud-init status --long")
+        assert "status: done" in status and "DataSourceNoCloud" in status, status
+
+
+    def test_its_services_run(self, booted):
+        guest, _, _ = booted
+        assert guest.sh("systemctl is-active ssh qemu-guest-agent").split() == ["active", "active"]
+
+
+    def test_the_password_is_in_no_log(self, booted):
+        guest, ci, _ = booted
+        for log in ("console.log", "qemu.log", "cmdline"):
+            assert ci.password not in guest.read_log(log, 100000)
+        assert not guest.host.run(["sh", "-c", f"ls -l {guest.rundir}/seed.iso"]).stdout.startswith(
+            "-rw-r")  # 0600
+
+
+@pytest.fixture(scope="class")
+def ssh_guest(session, image, tmp_path_factory):
+    """A guest on the image whose agent does not run (its port is there, as the suites' specs
+    ask for it, but the service is masked at boot, as on an image without it): commands over
+    SSH, which answers while the agent never does. Its SSH NIC comes after a test NIC (as the
+    virtio suites' guests have it), so cloud-init's fallback (DHCP on the first NIC) would
+    leave SSH down: the seed's network config names each NIC by MAC."""
+    key, pub = keypair(str(tmp_path_factory.mktemp("ssh")))
+    ci = CloudInit(user="tester", password=secrets.token_urlsafe(12), ssh_keys=(pub,),
+                   host_key=ed25519_keypair(), hostname="pkvm-ssh",
+                   bootcmd=("systemctl mask --now qemu-guest-agent",))
+    spec = GuestSpec(name="ssh", memory=1024, smp=2, disks=(Disk(image=image),),
+                     nics=(Nic(net=DATA_NET),), cloud_init=ci, agent=True, ssh_key=key,
+                     firmware="uefi")
+    guest = session.start_guest(session.host("localhost"), spec, "test_image")
+    yield guest, ci
+    guest.stop()
+
+
+class TestSshGuest:
+    """The agent does not run: SSH, on an SSH NIC that is not the first."""
+
+    def test_without_an_agent_commands_go_over_ssh_pinned_to_the_seeds_host_key(self, ssh_guest):
+        guest, ci = ssh_guest
         assert guest.channel == "ssh"
         assert guest.run("id -un; echo err >&2; exit 4", check=False) == (4, "tester\nerr\n")
         pub = guest.sh("sudo -n cat /etc/ssh/ssh_host_ed25519_key.pub 2>/dev/null")
         assert pub.split()[:2] == ci.host_key[1].split()[:2]  # pinned = what its sshd uses
         with pytest.raises(GuestCommandTimeout, match="did not finish within 2 s"):
             guest.run("sleep 300", timeout=2)
-    finally:
-        guest.stop()
 
 
-@pytest.fixture(scope="module")
+    def test_the_ssh_nic_has_dhcp_and_the_test_nic_is_left_to_the_checks(self, ssh_guest):
+        guest, _ = ssh_guest
+        addresses = {}
+        for line in guest.sh("ip -o link show").splitlines():  # "2: ens3: <...> ... link/ether M"
+            fields = line.split()
+            if "link/ether" in fields:
+                name, mac = fields[1].rstrip(":"), fields[fields.index("link/ether") + 1]
+                addresses[mac] = guest.sh(f"ip -o -4 addr show dev {name}")
+        assert "10.0.2.15/24" in addresses[SSH_MAC]  # user networking's DHCP
+        assert addresses[Nic.mac(0)].strip() == ""  # no address: the checks set theirs
+
+
+NOISE = ("while :; do for l in 0 1 2 3 4 5 6 7; do echo \"<$l>pkvm noise at level $l\" "
+         "> /dev/kmsg; done; echo 'pkvm noise on /dev/console' > /dev/console; sleep 0.2; done")
+
+
+@pytest.fixture(scope="class")
 def console_guest(session, image):
-    """A guest on the image with neither agent nor SSH, booted as firmware_of says (SeaBIOS)."""
-    ci = CloudInit(user="root", password=secrets.token_urlsafe(12), hostname="pkvm-console")
+    """A guest on the image with neither agent nor SSH, booted as firmware_of says (SeaBIOS),
+    whose console is noisy from early boot on (kernel messages at every level and writes to
+    /dev/console, several a second): its login and every command go through that noise."""
+    ci = CloudInit(user="root", password=secrets.token_urlsafe(12), hostname="pkvm-console",
+                   bootcmd=(f"nohup sh -c {shlex.quote(NOISE)} >/dev/null 2>&1 &",))
     spec = GuestSpec(name="console", memory=1024, smp=2, disks=(Disk(image=image),),
                      cloud_init=ci, agent=False, firmware=distro.firmware_of(image))
     guest = session.start_guest(session.host("localhost"), spec, "test_image")
@@ -152,18 +190,35 @@ def console_guest(session, image):
     guest.stop()
 
 
-def test_without_an_agent_the_console_is_the_fallback(console_guest):
-    assert console_guest.channel == "console"
-    assert console_guest.run("id -un; echo done") == (0, "root\ndone\n")
+class TestConsoleGuest:
+    """Neither agent nor SSH: the serial console, noisy, booted through SeaBIOS."""
+
+    def test_without_an_agent_the_console_is_the_fallback(self, console_guest):
+        assert console_guest.channel == "console"
+        assert console_guest.run("id -un; echo done") == (0, "root\ndone\n")
 
 
-def test_it_booted_through_seabios_and_the_images_grub(console_guest):
-    assert "-kernel" not in console_guest.argv
-    assert not any("if=pflash" in a for a in console_guest.argv)  # no OVMF: SeaBIOS
-    cmdline = console_guest.sh("cat /proc/cmdline")
-    assert cmdline.startswith("BOOT_IMAGE=/vmlinuz") and "root=LABEL=root" in cmdline  # GRUB's
-    assert console_guest.sh("test -d /sys/firmware/efi && echo efi || echo bios").strip() \
-        == "bios"
+    def test_console_output_and_status_stay_exact_under_a_noisy_console(self, console_guest):
+        """Kernel messages at every level and writes to /dev/console while commands run: the
+        console channel's output and exit status are the command's own, exactly."""
+        assert "pkvm noise" in console_guest.read_log("console.log", 20)  # it is noisy
+        for n in (1, 300, 3000):
+            expected = "".join(f"{i}\n" for i in range(1, n + 1)) + "err\n"
+            assert console_guest.run(f"seq 1 {n}; echo err >&2; exit 3", check=False) == (
+                3, expected)
+        console_guest.run("head -c 200000 /dev/zero | tr '\\0' x > /tmp/blob")
+        # (the shape virtio-data's _guest_sha reads, which noise once broke)
+        assert console_guest.sh("sha256sum /tmp/blob; wc -c < /tmp/blob").split() == [
+            hashlib.sha256(b"x" * 200000).hexdigest(), "/tmp/blob", "200000"]
+
+
+    def test_it_booted_through_seabios_and_the_images_grub(self, console_guest):
+        assert "-kernel" not in console_guest.argv
+        assert not any("if=pflash" in a for a in console_guest.argv)  # no OVMF: SeaBIOS
+        cmdline = console_guest.sh("cat /proc/cmdline")
+        assert cmdline.startswith("BOOT_IMAGE=/vmlinuz") and "root=LABEL=root" in cmdline  # GRUB's
+        assert console_guest.sh("test -d /sys/firmware/efi && echo efi || echo bios").strip() \
+            == "bios"
 
 
 # The migration suite's ping-pong, postcopy, multifd and xbzrle variants take ~11 more minutes

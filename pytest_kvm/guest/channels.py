@@ -101,12 +101,16 @@ class SshChannel(Channel):
 class ConsoleChannel(Channel):
     """The serial console, or the micro guest's shell console (``name`` says which)."""
 
-    def __init__(self, where: str, name: str, console: Callable[[], Console]):
+    def __init__(self, where: str, name: str, console: Callable[[], Console],
+                 framed: bool = False):
         super().__init__(where)
         self.name, self.console = name, console
+        self.framed = framed  # a console others write on too (a distro's): Console.run_framed
 
     def run(self, command: str, timeout: float) -> Result:
         try:
+            if self.framed:
+                return Result(*self.console().run_framed(command, timeout))
             return Result(*self.console().run(command, timeout))
         except ConsoleClosed as exc:
             raise ChannelLost(f"{self.where}: the {self.name} closed while running "

@@ -30,6 +30,9 @@ class CloudInit:
     host_key: tuple[str, str] | None = field(default=None, repr=False)
     hostname: str = "pytest-kvm-guest"
     login_timeout: float = 600.0  # a distro boot under TCG is slow
+    # shell commands run as root early in each boot (cloud-init's bootcmd), e.g. to make an
+    # image differ the way real ones do (no agent: "systemctl mask --now qemu-guest-agent")
+    bootcmd: tuple[str, ...] = ()
 
     def user_data(self) -> str:
         user: dict = {"name": self.user, "lock_passwd": self.password is None}
@@ -39,6 +42,8 @@ class CloudInit:
             user["ssh_authorized_keys"] = list(self.ssh_keys)
         data: dict = {"hostname": self.hostname, "disable_root": False, "ssh_pwauth": False,
                       "users": [user]}
+        if self.bootcmd:
+            data["bootcmd"] = list(self.bootcmd)
         if self.host_key is not None:
             data["ssh_keys"] = {"ed25519_private": self.host_key[0],
                                 "ed25519_public": self.host_key[1]}
@@ -53,10 +58,27 @@ class CloudInit:
         return f"instance-id: pytest-kvm-{instance}\nlocal-hostname: {self.hostname}\n"
 
 
-def nocloud_seed(ci: CloudInit, directory: str) -> str:
-    """An ISO9660 'cidata' volume with meta-data and user-data, written 0600 into
-    ``directory`` (it may hold a password: the caller removes it once it is on the host)."""
+def network_config(management: str | None, others: list[str]) -> str:
+    """cloud-init's network config (version 2), each NIC named by its MAC: the management
+    NIC (the one SSH is forwarded to) with DHCP, the others (the suites' NICs) up with no
+    address, for the checks to set. Without it cloud-init brings up the first NIC only, which
+    is not the management NIC when the guest has test NICs."""
+    ethernets: dict = {}
+    if management:
+        ethernets["mgmt0"] = {"match": {"macaddress": management}, "dhcp4": True}
+    for i, mac in enumerate(others):
+        ethernets[f"test{i}"] = {"match": {"macaddress": mac}, "dhcp4": False,
+                                 "dhcp6": False, "optional": True}
+    return json.dumps({"version": 2, "ethernets": ethernets}, indent=1) + "\n"
+
+
+def nocloud_seed(ci: CloudInit, directory: str, network: str | None = None) -> str:
+    """An ISO9660 'cidata' volume with meta-data, user-data and the network config when given,
+    written 0600 into ``directory`` (it may hold a password: the caller removes it once it is
+    on the host)."""
     files = {"meta-data": ci.meta_data().encode(), "user-data": ci.user_data().encode()}
+    if network is not None:
+        files["network-config"] = network.encode()
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
     for name, data in files.items():
@@ -87,7 +109,11 @@ def console_login(console, ci: CloudInit, deadline_s: float) -> None:
         return i != 0  # "Login incorrect": cloud-init has not set the password yet
 
     wait_until(logged_in, deadline_s, f"a console login as {ci.user!r}", step=5)
-    console.sendline(f"export PS1='{PROMPT}'; stty -echoctl 2>/dev/null")
+    # (the prompt split by an empty quote where it is typed: the console echoes what is typed,
+    # and the wait must meet the prompt the shell prints, not that echo; else the next
+    # command is typed while this one still runs, and sudo in quiet_console discards it)
+    half = len(PROMPT) // 2
+    console.sendline(f"export PS1='{PROMPT[:half]}''{PROMPT[half:]}'; stty -echoctl 2>/dev/null")
     console.expect_exact(PROMPT, timeout=30)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import uuid
 
@@ -18,6 +20,10 @@ class GuestCommandTimeout(KvmError):
 
 class ConsoleClosed(KvmError):
     pass
+
+
+class ConsoleGarbled(KvmError):
+    """A command's output, fetched again and again, never came back whole."""
 
 
 class Console(SpawnBase):
@@ -113,7 +119,8 @@ class Console(SpawnBase):
         try:
             self.sendline(f"echo {begin[:4]}''{begin[4:]}; {command}{sep}"
                           f"echo {end[:4]}''{end[4:]} $?")
-            self.expect_exact(begin + "\r\n", timeout=timeout)
+            # (the rest of the marker's line: empty, unless another writer's text landed there)
+            self.expect(re.escape(begin) + r"[^\n]*\n", timeout=timeout)
             # (searched in a window at the end: linear in the output, not quadratic)
             self.expect(re.escape(end) + r" (\d+)\r?\n", timeout=timeout, searchwindowsize=64)
         except OutputTooLong as exc:
@@ -129,3 +136,63 @@ class Console(SpawnBase):
         status = int(self.match.group(1))
         output = self.before.replace("\r\n", "\n").replace("\r", "")
         return status, output
+
+    def run_framed(self, command: str, timeout: float = 60, rounds: int = 8) -> tuple[int, str]:
+        """As ``run``, on a console that other writers share (a distro's serial console: the
+        kernel, systemd and cloud-init write there at any moment, even mid-line): the command
+        runs in a subshell with its output in a file in the guest, whose status, size and MD5
+        come back first, then the file base64 encoded, each line tagged with its number. A
+        line another writer broke (a wrong length, a character outside base64) is asked for
+        again, alone (up to ``rounds`` times); the whole is checked against size and MD5."""
+        tag = uuid.uuid4().hex[:10]
+        out = f"/tmp/.pkvm-{tag}"
+        try:
+            self.run(f"( {command}\n) >{out} 2>&1 </dev/null; echo $? >{out}.s", timeout)
+        except GuestCommandTimeout:  # or another writer broke the end marker's line: the
+            # status file says whether the command ended (the console was interrupted anyway)
+            _, reply = self.run(f"test -s {out}.s && echo {tag}-''done", 30)
+            if f"{tag}-done" not in reply:
+                raise
+        status, size, digest = self._framed_meta(tag, out)
+        if size > self.max_reply:
+            self.run(f"rm -f {out} {out}.s", 30)
+            raise OutputTooLong(f"{self.name}: `{command}` printed {size} bytes, more than "
+                                f"{self.max_reply} (the limit)")
+        encoded = 4 * -(-size // 3)
+        count = -(-encoded // 76)
+        want = {n: 76 if n < count else encoded - 76 * (count - 1) for n in range(1, count + 1)}
+        line = re.compile(rf"^{tag}:(\d+):([A-Za-z0-9+/=]+)$")
+        got: dict[int, str] = {}
+        for _ in range(rounds):
+            missing = [n for n in want if n not in got]
+            if not missing:
+                break
+            pick = ("" if len(missing) == count or len(missing) > 200 else
+                    'BEGIN { split("' + " ".join(map(str, missing)) +
+                    '", w); for (k in w) want[w[k]] } !(NR in want) { next } ')
+            _, reply = self.run(f"base64 {out} | awk '{pick}{{ print \"{tag}:\" NR \":\" "
+                                f"$0 }}'", 120)
+            for m in map(line.match, reply.splitlines()):
+                if m and int(m[1]) in want and len(m[2]) == want[int(m[1])]:
+                    got.setdefault(int(m[1]), m[2])
+        data = b""
+        if len(got) == count:
+            data = base64.b64decode("".join(got[n] for n in sorted(got)))
+        if len(data) != size or hashlib.md5(data).hexdigest() != digest:  # noqa: S324
+            raise ConsoleGarbled(f"{self.name}: `{command}`'s output did not come back whole "
+                                 f"in {rounds} rounds ({len(got)} of {count} lines): something "
+                                 f"else writes on the console too much")
+        self.run(f"rm -f {out} {out}.s", 30)
+        return status, data.decode("utf-8", errors="replace")
+
+    def _framed_meta(self, tag: str, out: str, tries: int = 5) -> tuple[int, int, str]:
+        """(exit status, size, MD5) of a framed command's output file."""
+        meta = re.compile(rf"{tag}-S (\d+) (\d+) ([0-9a-f]{{32}})$", re.M)
+        for _ in range(tries):
+            _, reply = self.run(f"echo {tag}-S $(cat {out}.s) $(wc -c <{out}) "
+                                f"$(md5sum <{out} | cut -c1-32)", 30)
+            found = meta.search(reply)
+            if found:
+                return int(found[1]), int(found[2]), found[3]
+        raise ConsoleGarbled(f"{self.name}: no status line for {out} in {tries} tries: "
+                             f"something else writes on the console too much")

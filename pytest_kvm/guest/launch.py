@@ -15,10 +15,10 @@ import tempfile
 from .. import remote
 from ..errors import printable
 from ..host import Host, Owner
-from .cloudinit import nocloud_seed
+from .cloudinit import network_config, nocloud_seed
 from .image import MicroImage
 from .qemu import Guest
-from .spec import GuestSpec, render
+from .spec import SSH_MAC, GuestSpec, Nic, render
 from .state import RUN_DIR, GuestError, GuestState, PortTaken
 
 log = logging.getLogger("pytest_kvm.guest")
@@ -138,7 +138,9 @@ def _start_guest(host: Host, spec: GuestSpec, image: MicroImage, owner: Owner, s
     if spec.cloud_init:
         local = tempfile.mkdtemp(prefix="pytest-kvm-seed-")
         try:
-            host.transport.put(nocloud_seed(spec.cloud_init, local), seed, mode=0o600)
+            network = network_config(SSH_MAC if ssh_port else None,
+                                     [Nic.mac(i) for i in range(len(spec.nics))])
+            host.transport.put(nocloud_seed(spec.cloud_init, local, network), seed, mode=0o600)
         finally:
             shutil.rmtree(local, ignore_errors=True)
     guest = Guest(host, spec, rundir, proc_name, rendered.argv, accel)

@@ -155,7 +155,8 @@ class Guest:
                 "agent": lambda: AgentChannel(self.where, lambda: self.agent),
                 "ssh": lambda: SshChannel(self.where, lambda: self.ssh),
                 "shell": lambda: ConsoleChannel(self.where, "shell", lambda: self.shell),
-                "console": lambda: ConsoleChannel(self.where, "console", lambda: self.console),
+                "console": lambda: ConsoleChannel(self.where, "console", lambda: self.console,
+                                                  framed=self.os_family == "linux"),
             }[name]()
         return self._channels[name]
 

@@ -4,6 +4,7 @@ image's agent, sshd or console login), and which channel they take."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import pexpect
@@ -13,6 +14,7 @@ from ..waiting import WaitTimeout, first_within
 from .agent import AgentUnavailable
 from .cloudinit import console_login, quiet_console
 from .image import READY_MARKER
+from .state import GuestError
 
 if TYPE_CHECKING:
     from .qemu import Guest
@@ -22,10 +24,19 @@ def boot_timeout(accel: str) -> float:
     return 60.0 if accel == "kvm" else 180.0
 
 
+# After the console shows a login prompt, how long the guest agent or sshd may still take to
+# answer before the console is taken (an image without them): they start with the getty.
+GRACE = 30.0
+
+
+class NoChannel(Exception):
+    """No channel answered before the deadline (what each said is in the message)."""
+
+
 def wait_ready(guest: Guest, timeout: float | None = None) -> float:
     """Wait until commands reach the guest; returns seconds waited. The micro guest: its boot
-    marker and a shell prompt. A distro image: its agent (spec.agent), else its sshd
-    (spec.ssh_key), else a login on the serial console."""
+    marker and a shell prompt. A distro image: the first of its channels that answers (the
+    guest agent, its sshd, a login on the serial console; see ``first_channel``)."""
     marker = READY_MARKER
     ci = guest.spec.cloud_init
     timeout = timeout or guest.spec.boot_timeout or (
@@ -35,15 +46,13 @@ def wait_ready(guest: Guest, timeout: float | None = None) -> float:
     try:
         if ci is not None:
             marker = "login: "
-            deadline = start + timeout
-            if (guest.spec.agent and _agent_answers(guest, deadline)) or (
-                    guest.spec.ssh_key and _ssh_answers(guest, deadline)):
-                # cloud-init done: its user, password and keys are in place
-                left = max(30.0, timeout - (time.monotonic() - start))
+            guest.channel = first_channel(guest, start + timeout)
+            left = max(30.0, timeout - (time.monotonic() - start))
+            if guest.channel == "console":
+                console_login(console, ci, left)
+                quiet_console(console)
+            else:  # cloud-init done: its user, password and keys are in place
                 guest.run("cloud-init status --wait >/dev/null 2>&1; true", timeout=left)
-                return time.monotonic() - start
-            console_login(console, ci, timeout)
-            quiet_console(console)
             return time.monotonic() - start
         seen = guest.host.run(["grep", "-qF", marker, f"{guest.rundir}/console.log"],
                               check=False, timeout=30).ok
@@ -57,7 +66,7 @@ def wait_ready(guest: Guest, timeout: float | None = None) -> float:
     except pexpect.EOF as exc:
         raise guest.describe_death("QEMU exited before the guest was ready "
                                    "(crash, triple fault or -no-reboot exit)") from exc
-    except WaitTimeout as exc:  # logins kept failing
+    except (WaitTimeout, NoChannel) as exc:  # logins kept failing; nothing answered
         raise guest.describe_death(str(exc)) from exc
     except pexpect.TIMEOUT as exc:
         if not guest.alive():
@@ -67,54 +76,84 @@ def wait_ready(guest: Guest, timeout: float | None = None) -> float:
     return time.monotonic() - start
 
 
-def _agent_answers(guest: Guest, deadline: float) -> bool:
-    """Wait for the guest agent to answer; False (the console is used) when the guest got
-    to a login prompt and the agent still did not answer 30 s later."""
+def first_channel(guest: Guest, deadline: float) -> str:
+    """Watch a distro guest's channels at once and take the first that answers: the guest
+    agent (spec.agent) or its sshd (spec.ssh_key, probed in a thread of its own: a login
+    can take seconds) as soon as one does, the agent first when both do; the serial console
+    once its login prompt has been up for GRACE s with neither. NoChannel at the deadline,
+    naming what each said."""
+    if not guest.spec.agent and not guest.spec.ssh_key:
+        return _took(guest, "console", time.monotonic())  # (its login waits for the prompt)
+    said = {"agent": "no answer" if guest.spec.agent else "not asked for",
+            "ssh": "no answer" if guest.spec.ssh_key else "not asked for (no key)",
+            "console": "no 'login: ' prompt"}
     login_seen: list[float] = []
+    probe: list[Future] = []
+    pool = ThreadPoolExecutor(1, thread_name_prefix=f"ssh-probe-{guest.spec.name}")
+    start = time.monotonic()
 
     def answered() -> str:
         if not guest.alive():
             raise pexpect.EOF("QEMU exited")
-        try:
-            if guest.agent.sync(timeout=3):
+        if guest.spec.agent:
+            said["agent"] = _agent_answers(guest) or ""
+            if not said["agent"]:
                 return "agent"
-        except AgentUnavailable:
-            guest.forget_channel("agent")  # reconnect on the next try
+        if guest.spec.ssh_key:
+            if not probe:
+                probe.append(pool.submit(_ssh_answers, guest))
+            elif probe[0].done():
+                said["ssh"] = probe.pop().result() or ""
+                if not said["ssh"]:
+                    return "ssh"
         if not login_seen and guest.host.run(
                 ["grep", "-qF", "login: ", f"{guest.rundir}/console.log"], check=False,
                 timeout=30).ok:
             login_seen.append(time.monotonic())
-        if login_seen and time.monotonic() - login_seen[0] > 30:
+            said["console"] = "a login prompt"
+            guest.log.info("a login prompt on the console; the agent or SSH has %g s more to "
+                           "answer", GRACE)
+        if login_seen and time.monotonic() - login_seen[0] >= GRACE:
             return "console"
         return ""
 
-    channel = first_within(answered, max(0.0, deadline - time.monotonic()),
-                           f"{guest.where}: an answer from the guest "
-                           "agent", step=0.5) or "console"
-    if channel == "agent":
-        guest.channel = "agent"
-        guest.log.info("commands go through the guest agent")
-        return True
-    guest.log.info("no guest agent; commands go through the serial console")
-    return False
+    try:
+        channel = first_within(answered, max(0.0, deadline - start),
+                               f"{guest.where}: a channel that answers", step=0.5)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # (a probe in flight ends on its own)
+    if channel:
+        return _took(guest, channel, start)
+    raise NoChannel(f"no channel answered within {deadline - start:.0f} s: "
+                    + "; ".join(f"{name}: {why}" for name, why in said.items()))
 
 
-def _ssh_answers(guest: Guest, deadline: float) -> bool:
-    """Wait for the guest's sshd to let us in (key pinned); False when it never does."""
-    def logged_in() -> bool:
-        if not guest.alive():
-            raise pexpect.EOF("QEMU exited")
-        try:
-            guest.ssh.run(["true"], timeout=15)
-            return True
-        except TransportError:
-            guest.forget_channel("ssh")
-            return False
+def _took(guest: Guest, channel: str, start: float) -> str:
+    guest.log.info("commands go through %s (it answered first, after %.1f s)",
+                   {"agent": "the guest agent", "ssh": "SSH",
+                    "console": "the serial console"}[channel], time.monotonic() - start)
+    return channel
 
-    if not first_within(logged_in, max(0.0, deadline - time.monotonic()),
-                        f"{guest.where}: a login by SSH with the "
-                        "pinned key", step=2):
-        return False
-    guest.channel = "ssh"
-    guest.log.info("commands go through SSH")
-    return True
+
+def _agent_answers(guest: Guest) -> str | None:
+    """None when the guest agent answers now; else why not."""
+    try:
+        if guest.agent.sync(timeout=3):
+            return None
+        return "no answer to guest-sync"
+    except AgentUnavailable as exc:
+        guest.forget_channel("agent")  # reconnect on the next try
+        return str(exc).splitlines()[0] if str(exc) else "unavailable"
+
+
+def _ssh_answers(guest: Guest) -> str | None:
+    """None when a login to the guest's sshd (key pinned) runs a command now; else why not
+    (one line, logged once per try)."""
+    try:
+        guest.ssh.run(["true"], timeout=15)
+        return None
+    except (TransportError, GuestError) as exc:
+        guest.forget_channel("ssh")
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        guest.log.debug("SSH not yet: %s", why)
+        return why

@@ -110,6 +110,9 @@ HOTPLUG_MAXCPUS = 2
 HOTPLUG_MAXMEM = "2G"
 SERIAL_PORT = "org.pytest-kvm.port0"  # a virtio-serial port next to the virtconsole
 SERIAL_SOCKET = "vp.sock"  # its host side, in the run dir
+# The MAC of a distro guest's SSH NIC (its management NIC: DHCP, by cloud-init's network
+# config, whatever the order of its NICs)
+SSH_MAC = "52:54:00:fa:ce:22"
 SHELL_SOCKET = "sh.sock"
 
 
@@ -229,7 +232,7 @@ def render(spec: GuestSpec, *, qemu: str, accel: str, rundir: str, proc_name: st
         argv += ["-netdev", f"{netdev},id=net{i}", "-device", device]
     if ssh_port:  # the guest's sshd on the host's loopback only
         argv += ["-netdev", f"user,id=ssh0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
-                 "-device", "virtio-net-pci,netdev=ssh0"]
+                 "-device", f"virtio-net-pci,netdev=ssh0,mac={SSH_MAC}"]
     if spec.balloon:
         argv += ["-device", "virtio-balloon-pci,id=balloon0"]
     if spec.rng:

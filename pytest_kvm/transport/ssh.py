@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import socket
@@ -27,6 +28,24 @@ KEEPALIVE = 15
 # After a host could not be reached, every use fails at once for this long (then one new
 # attempt): a host lost mid-run costs its remaining tests one connect timeout, not one each.
 DOWN_RETRY = 30.0
+
+
+class _OneLinePerFailure(logging.Filter):
+    """paramiko logs a connection that failed (a guest's sshd not up yet: each try of a
+    readiness probe) as "Exception (client): ..." and then its traceback, a record per line,
+    at ERROR. The transport raises that failure itself, as one TransportError: keep paramiko's
+    first line, at DEBUG, and drop the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if str(record.msg).startswith("Exception ("):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return True
+        return False
+
+
+logging.getLogger("paramiko.transport").addFilter(_OneLinePerFailure())
 
 
 class _AcceptNew(paramiko.MissingHostKeyPolicy):

@@ -9,7 +9,7 @@ import pytest
 from . import inventory as inv
 from . import registry, reporting
 from .fixtures import NO_INVENTORY, SESSION_KEY
-from .guest import GuestCommandTimeout, GuestDied
+from .guest import GuestCommandTimeout, GuestDied, QmpTimeout
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -76,8 +76,9 @@ def suite_hosts(inventory, suite: registry.Suite | None) -> list[str]:
 
 # What a rerun (kvm_reruns) is for: a guest that died or hung, not a failed check.
 # What kvm_reruns reruns: a guest that died (QEMU exited, reset, triple-faulted) or stopped
-# answering, raised anywhere in the failure's chain of causes (pytest-rerunfailures follows it).
-RERUN_ON = [GuestDied, GuestCommandTimeout]
+# answering (a command, or QEMU's QMP), raised anywhere in the failure's chain of causes
+# (pytest-rerunfailures follows it).
+RERUN_ON = [GuestDied, GuestCommandTimeout, QmpTimeout]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

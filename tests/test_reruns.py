@@ -45,3 +45,39 @@ def test_a_dead_guest_is_rerun_on_a_fresh_one(tmp_path):
     assert "RERUN test_it.py::test_wrong" not in out
     assert re.search(r"1 failed, 2 passed, 1 rerun", out), out[-500:]
     assert "QEMU was killed by SIGKILL" in out  # the rerun's reason is shown
+
+
+HUNG = textwrap.dedent("""
+    import os, pathlib, signal
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def arranged(kvm_host, module_guest_factory):
+        # what a module arranges once (a migration, say), through QMP; the first time, the
+        # guest's QEMU hangs while asked (SIGSTOP: its QMP never answers)
+        guest = module_guest_factory(host=kvm_host)
+        flag = pathlib.Path("stopped-once")
+        if not flag.exists():
+            flag.write_text(str(guest.pid))
+            qmp = guest.qmp  # connected
+            os.kill(guest.pid, signal.SIGSTOP)
+            try:
+                qmp.execute("query-status", timeout=3)
+            finally:
+                os.kill(guest.pid, signal.SIGCONT)
+        return guest
+
+    def test_after_it(arranged):
+        assert arranged.qmp.execute("query-status")["status"] == "running"
+""")
+
+
+def test_a_qemu_whose_qmp_hangs_is_rerun(tmp_path):
+    (tmp_path / "test_it.py").write_text(HUNG)
+    (tmp_path / "hosts.ini").write_text(
+        "[l0]\nlocalhost ansible_connection=local kvm_reruns=1\n")
+    r = pytest_run(["--hosts", "hosts.ini", "-rAR", "-p", "no:randomly"], tmp_path, timeout=300)
+    out = r.stdout
+    assert re.search(r"RERUN test_it.py::test_after_it\[localhost\]", out), out[-3000:]
+    assert re.search(r"1 passed, 1 rerun", out), out[-1500:]
+    assert re.search(r"QmpTimeout: localhost/\S+: QMP did not answer within 3 s", out), out[-2500:]

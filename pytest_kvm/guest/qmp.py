@@ -22,6 +22,10 @@ class QmpError(KvmError):
     pass
 
 
+class QmpTimeout(QmpError):
+    """QEMU did not answer a QMP command in time: it hangs (or its host is starved)."""
+
+
 class QmpEventTimeout(QmpError):
     """An awaited QMP event did not come in time."""
 
@@ -57,7 +61,7 @@ class Qmp:
             return future.result(timeout or self.timeout)
         except TimeoutError as exc:
             future.cancel()
-            raise QmpError(f"{self.name}: QMP did not answer within "
+            raise QmpTimeout(f"{self.name}: QMP did not answer within "
                            f"{timeout or self.timeout:g} s") from exc
         except QMPError as exc:
             raise QmpError(f"{self.name}: QMP: {exc}") from exc

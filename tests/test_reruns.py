@@ -32,12 +32,17 @@ SUITE = textwrap.dedent("""
 """)
 
 
-def test_a_dead_guest_is_rerun_on_a_fresh_one(tmp_path):
-    (tmp_path / "test_it.py").write_text(SUITE)
+def run_with_reruns(tmp_path, suite: str) -> str:
+    """pytest's output for ``suite`` run on the local host with kvm_reruns=1."""
+    (tmp_path / "test_it.py").write_text(suite)
     (tmp_path / "hosts.ini").write_text(
         "[l0]\nlocalhost ansible_connection=local kvm_reruns=1\n")
     r = pytest_run(["--hosts", "hosts.ini", "-rAR", "-p", "no:randomly"], tmp_path, timeout=300)
-    out = r.stdout
+    return r.stdout
+
+
+def test_a_dead_guest_is_rerun_on_a_fresh_one(tmp_path):
+    out = run_with_reruns(tmp_path, SUITE)
     assert re.search(r"RERUN test_it.py::test_first\[localhost\]", out), out[-3000:]
     assert "PASSED test_it.py::test_first[localhost]" in out
     assert "PASSED test_it.py::test_second[localhost]" in out
@@ -73,11 +78,7 @@ HUNG = textwrap.dedent("""
 
 
 def test_a_qemu_whose_qmp_hangs_is_rerun(tmp_path):
-    (tmp_path / "test_it.py").write_text(HUNG)
-    (tmp_path / "hosts.ini").write_text(
-        "[l0]\nlocalhost ansible_connection=local kvm_reruns=1\n")
-    r = pytest_run(["--hosts", "hosts.ini", "-rAR", "-p", "no:randomly"], tmp_path, timeout=300)
-    out = r.stdout
+    out = run_with_reruns(tmp_path, HUNG)
     assert re.search(r"RERUN test_it.py::test_after_it\[localhost\]", out), out[-3000:]
     assert re.search(r"1 passed, 1 rerun", out), out[-1500:]
     assert re.search(r"QmpTimeout: localhost/\S+: QMP did not answer within 3 s", out), out[-2500:]

@@ -4,11 +4,14 @@ Each channel runs a shell command and gives a :class:`Result`; each turns its ow
 into two exception types only: :class:`GuestCommandTimeout` (the command did not finish in
 time) and :class:`ChannelLost` (the channel went away: QEMU, the host or the connection). What
 those mean for the guest (dead, or its host gone) is decided in one place, ``Guest.run``.
+Errors about the command's output itself (OutputTooLong; ConsoleGarbled: a console's output
+that never came back whole) are not about the guest, and pass through as they are.
 
 - ``agent``: qemu-guest-agent's guest-exec (exit code, stdout then stderr, no console noise);
 - ``ssh``: the guest's own sshd, forwarded on its host's loopback, host key pinned;
 - ``shell``: the micro guest's shell on a virtio console of its own;
-- ``console``: the serial console, the fallback.
+- ``console``: the serial console, the fallback (framed on a distro guest: see
+  ``Console.run_framed``).
 """
 
 from __future__ import annotations

@@ -296,10 +296,14 @@ class Guest:
         return ready.wait_ready(self, timeout)
 
     def forget_channel(self, name: str) -> None:
-        """Drop the connection of a channel that did not answer (agent or ssh): the next try
-        connects afresh."""
+        """Drop the connection of a channel (agent or ssh: one that did not answer; console:
+        one nobody reads, whose unread output would stall the guest's serial port, while with
+        no connection QEMU writes console.log only): the next use connects afresh."""
         if name == "ssh" and self._ssh is not None:
             self._ssh.close()
+        if name == "console" and self._console is not None:
+            self._console.close()
+            self._console = None
         self._ssh = None if name == "ssh" else self._ssh
         self._agent = None if name == "agent" else self._agent
 

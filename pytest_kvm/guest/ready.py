@@ -52,6 +52,7 @@ def wait_ready(guest: Guest, timeout: float | None = None) -> float:
                 console_login(console, ci, left)
                 quiet_console(console)
             else:  # cloud-init done: its user, password and keys are in place
+                guest.forget_channel("console")  # unread from now on (console.log has it)
                 guest.run("cloud-init status --wait >/dev/null 2>&1; true", timeout=left)
             return time.monotonic() - start
         seen = guest.host.run(["grep", "-qF", marker, f"{guest.rundir}/console.log"],
@@ -95,6 +96,7 @@ def first_channel(guest: Guest, deadline: float) -> str:
     def answered() -> str:
         if not guest.alive():
             raise pexpect.EOF("QEMU exited")
+        guest.console.drain()  # (else a verbose boot fills the socket and stalls)
         if guest.spec.agent:
             said["agent"] = _agent_answers(guest) or ""
             if not said["agent"]:

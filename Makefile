@@ -21,10 +21,10 @@ demo: setup
 test: setup-report
 	$(PYTEST) tests/ --durations=20
 
-# A bootable Debian 12 cloud image (UEFI, GRUB, cloud-init, qemu-guest-agent, sshd), cached;
-# OUT=path to copy it somewhere.
+# A bootable Debian cloud image (GPT, GRUB for BIOS and UEFI, cloud-init, qemu-guest-agent,
+# sshd), cached; RELEASE=trixie for Debian 13 (default bookworm); OUT=path to copy it somewhere.
 image: setup
-	$(VENV)/bin/python -m pytest_kvm image build $(if $(OUT),--out $(OUT))
+	$(VENV)/bin/python -m pytest_kvm image build $(if $(RELEASE),--release $(RELEASE)) $(if $(OUT),--out $(OUT))
 
 bench: setup
 	$(VENV)/bin/python bench/run.py

@@ -35,11 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     inv.add_argument("--show-secrets", action="store_true", help="--list/--host: print "
                      "passwords, and the variables they are made from or make, as they are "
                      "(ansible-inventory does); by default they are ***")
-    img = sub.add_parser("image", help="build a bootable Debian 12 cloud image",
+    img = sub.add_parser("image", help="build a bootable Debian cloud image",
                          description="Images for labs that have none.")
     img_sub = img.add_subparsers(dest="image_command", required=True)
-    build = img_sub.add_parser("build", help="build (or reuse the cached) Debian 12 UEFI "
-                               "cloud image: GRUB, cloud-init, qemu-guest-agent, sshd")
+    build = img_sub.add_parser("build", help="build (or reuse the cached) Debian cloud "
+                               "image (GPT, GRUB for BIOS and UEFI, cloud-init, "
+                               "qemu-guest-agent, sshd)")
+    build.add_argument("--release", default="bookworm", choices=("bookworm", "trixie"),
+                       help="Debian 12 (bookworm, the default) or 13 (trixie)")
     build.add_argument("--out", metavar="PATH", help="where to put the qcow2 (default: the "
                        "cache, ~/.cache/pytest-kvm/distro/)")
     cmp = sub.add_parser("compare", help="A/B: did B get worse than A? (figures of two runs)",
@@ -95,7 +98,7 @@ def image(args: argparse.Namespace) -> int:
     logging.basicConfig(format="%(message)s", level=logging.INFO)
     start = time.monotonic()
     try:
-        path = distro.build(args.out)
+        path = distro.build(args.out, args.release)
     except distro.ImageBuildError as exc:
         print(f"image build: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,5 @@
-"""A bootable, cloud-style Debian 12 image for labs that have none (``make image``).
+"""A bootable, cloud-style Debian image (12 "bookworm" by default, 13 "trixie" with
+``--release trixie``) for labs that have none (``make image``).
 
 What a cloud image has: a GPT disk with a BIOS boot partition, an EFI system partition and an
 ext4 root (Debian's and Ubuntu's cloud images' layout), a real bootloader both ways (GRUB for
@@ -33,7 +34,8 @@ from .image import cache_root
 
 log = logging.getLogger("pytest_kvm.guest")
 
-SUITE = "bookworm"
+SUITE = "bookworm"  # the default release
+RELEASES = ("bookworm", "trixie")  # Debian 12 (kernel 6.1), Debian 13 (kernel 6.12)
 PACKAGES = ("systemd-sysv,udev,kmod,linux-image-amd64,initramfs-tools,openssh-server,"
             "cloud-init,python3-cffi-backend,qemu-guest-agent,ifupdown,isc-dhcp-client,"
             "netbase,ca-certificates,sudo")
@@ -89,14 +91,14 @@ def debian_mirror(suite: str = SUITE) -> str:
     raise ImageBuildError(f"no Debian {suite} mirror in /etc/apt; cannot debootstrap")
 
 
-def recipe_key() -> str:
-    text = "\n".join((RECIPE_VERSION, SUITE, PACKAGES, CLOUD_CFG, GRUB_CFG, GRUB_MODULES,
+def recipe_key(release: str = SUITE) -> str:
+    text = "\n".join((RECIPE_VERSION, release, PACKAGES, CLOUD_CFG, GRUB_CFG, GRUB_MODULES,
                       GRUB_BIOS_MODULES, ROOT_SIZE, str(ESP_MIB), str(BIOS_BOOT_MIB)))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def default_path() -> Path:
-    return cache_root() / "distro" / f"debian-{SUITE}-{recipe_key()}.qcow2"
+def default_path(release: str = SUITE) -> Path:
+    return cache_root() / "distro" / f"debian-{release}-{recipe_key(release)}.qcow2"
 
 
 def _run(argv: list[str], timeout: float, **kw) -> None:
@@ -109,33 +111,35 @@ def _run(argv: list[str], timeout: float, **kw) -> None:
         raise ImageBuildError(f"{argv[0]} failed (exit {r.returncode}): " + " | ".join(tail))
 
 
-def build(out: str | Path | None = None) -> Path:
-    """Build the image (or return the cached one); returns its path."""
+def build(out: str | Path | None = None, release: str = SUITE) -> Path:
+    """Build the image of a Debian ``release`` (or return the cached one); returns its path."""
+    if release not in RELEASES:
+        raise ImageBuildError(f"unknown release {release!r}: one of {', '.join(RELEASES)}")
     missing = [f"{tool} ({pkg})" for tool, pkg in TOOLS.items() if shutil.which(tool) is None]
     if missing:
         raise ImageBuildError("missing tools: " + ", ".join(missing) + "; run make setup")
     if os.geteuid() != 0:
         raise ImageBuildError("building the image needs root (debootstrap)")
-    cached = default_path()
+    cached = default_path(release)
     target = Path(out) if out else cached
     if not cached.exists():
         cached.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(cached) + ".lock", timeout=3600):
             if not cached.exists():
-                _build(cached)
+                _build(cached, release)
     if target != cached:
         target.parent.mkdir(parents=True, exist_ok=True)
         copy_atomic(cached, target)  # (a link planted at --out is replaced, not followed)
     return target
 
 
-def _build(out: Path) -> None:
+def _build(out: Path, release: str) -> None:
     start = time.monotonic()
     with tempfile.TemporaryDirectory(dir=out.parent, prefix="build-") as tmp:
         work = Path(tmp)
         root = work / "root"
-        log.info("image build: debootstrap %s into %s", SUITE, root)
-        _run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", SUITE, str(root),
+        log.info("image build: debootstrap %s into %s", release, root)
+        _run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", release, str(root),
               debian_mirror()], timeout=1800)
         _configure(root)
         root_img, esp_img = work / "root.img", work / "esp.img"

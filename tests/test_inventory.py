@@ -279,6 +279,21 @@ def test_hosts_with_other_connections_are_left_out_with_a_warning():
     assert "w1" not in inv.groups["a"] and "h1" in inv.groups["a"]
 
 
+def test_guest_channel_and_boot_commands():
+    """kvm_guest_channel names the one channel; kvm_guest_bootcmd is one command or a list (a
+    comma inside a command stays in it)."""
+    cfg = parse("[a]\nh1 kvm_guest_channel=console kvm_guest_bootcmd='dmesg -n 8'\n"
+                "h2 kvm_guest_bootcmd='[\"echo a, b\", \"systemctl mask --now x\"]'\n"
+                ).hosts
+    assert (cfg["h1"].config.guest_channel, cfg["h1"].config.guest_bootcmd) == (
+        "console", ("dmesg -n 8",))
+    assert (cfg["h2"].config.guest_channel, cfg["h2"].config.guest_bootcmd) == (
+        "auto", ("echo a, b", "systemctl mask --now x"))
+    with pytest.raises(InventoryError, match=r"^hosts.ini:2: kvm_guest_channel must be auto, "
+                                             r"agent, ssh or console, got 'serial'"):
+        parse("[a]\nh1 kvm_guest_channel=serial\n", "hosts.ini")
+
+
 def test_suites_none_makes_a_host_only_a_peer():
     inv = parse("[a]\nl0 ansible_connection=local kvm_migration_peer=p\np kvm_suites=none\n")
     assert inv.hosts["p"].config.suites == ()

@@ -81,13 +81,17 @@ def first_channel(guest: Guest, deadline: float) -> str:
     """Watch a distro guest's channels at once and take the first that answers: the guest
     agent (spec.agent) or its sshd (spec.ssh_key, probed in a thread of its own: a login
     can take seconds) as soon as one does, the agent first when both do; the serial console
-    once its login prompt has been up for GRACE s with neither. NoChannel at the deadline,
-    naming what each said."""
-    if not guest.spec.agent and not guest.spec.ssh_key:
+    once its login prompt has been up for GRACE s with neither (unless the spec names its
+    one channel). NoChannel at the deadline, naming what each said."""
+    forced = guest.spec.channel
+    agent = guest.spec.agent and forced in ("auto", "agent")
+    ssh = bool(guest.spec.ssh_key) and forced in ("auto", "ssh")
+    if forced == "console" or not (agent or ssh):
         return _took(guest, "console", time.monotonic())  # (its login waits for the prompt)
-    said = {"agent": "no answer" if guest.spec.agent else "not asked for",
-            "ssh": "no answer" if guest.spec.ssh_key else "not asked for (no key)",
-            "console": "no 'login: ' prompt"}
+    said = {"agent": "no answer" if agent else "not asked for",
+            "ssh": "no answer" if ssh else "not asked for (no key)",
+            "console": "no 'login: ' prompt" if forced == "auto" else f"not asked for "
+                       f"(channel {forced})"}
     login_seen: list[float] = []
     probe: list[Future] = []
     pool = ThreadPoolExecutor(1, thread_name_prefix=f"ssh-probe-{guest.spec.name}")
@@ -97,17 +101,19 @@ def first_channel(guest: Guest, deadline: float) -> str:
         if not guest.alive():
             raise pexpect.EOF("QEMU exited")
         guest.console.drain()  # (else a verbose boot fills the socket and stalls)
-        if guest.spec.agent:
+        if agent:
             said["agent"] = _agent_answers(guest) or ""
             if not said["agent"]:
                 return "agent"
-        if guest.spec.ssh_key:
+        if ssh:
             if not probe:
                 probe.append(pool.submit(_ssh_answers, guest))
             elif probe[0].done():
                 said["ssh"] = probe.pop().result() or ""
                 if not said["ssh"]:
                     return "ssh"
+        if forced != "auto":
+            return ""
         if not login_seen and guest.host.run(
                 ["grep", "-qF", "login: ", f"{guest.rundir}/console.log"], check=False,
                 timeout=30).ok:

@@ -76,6 +76,9 @@ class GuestSpec:
     # commands over SSH (when there is no agent): the controller's private key for the
     # guest's sshd, reached through a port forwarded on the host (a NIC of its own)
     ssh_key: str | None = None
+    # a distro guest's one channel for commands (agent, ssh or console; the agent and SSH
+    # still need agent and ssh_key); auto: the first that answers (guest/ready.py)
+    channel: str = "auto"
     devices: tuple[str, ...] = ()  # extra -device values, e.g. "vfio-pci,host=0000:01:00.0"
     args: tuple[str, ...] = ()  # extra raw arguments
     incoming: str | None = None  # e.g. "defer" or "tcp:0:4444"

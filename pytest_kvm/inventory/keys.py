@@ -16,6 +16,7 @@ from .values import (
     _bdf_list,
     _bool,
     _choice,
+    _commands,
     _device_path,
     _devices,
     _link_name,
@@ -165,6 +166,13 @@ class HostConfig:
         "uefi for an image only UEFI can boot)", default="auto")
     guest_user: str = key("kvm_guest_user", _text,
         "user cloud-init creates in kvm_guest_image guests (default root)", default="root")
+    guest_channel: str = key("kvm_guest_channel", _choice("auto", "agent", "ssh", "console"),
+        "what kvm_guest_image guests' commands go through: agent (qemu-guest-agent), ssh "
+        "(the image's sshd; no agent port), console (the serial console; neither), or auto "
+        "(default: the first that answers)", default="auto")
+    guest_bootcmd: tuple[str, ...] = key("kvm_guest_bootcmd", _commands,
+        "shell commands cloud-init runs as root early in each boot of kvm_guest_image "
+        "guests (one, or a list), e.g. systemctl mask --now qemu-guest-agent", default=())
     workdir: str | None = key("kvm_workdir", _abspath,
         "run dirs and cached files (default /var/tmp/pytest-kvm)")
 

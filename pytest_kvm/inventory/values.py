@@ -187,6 +187,15 @@ def _devices(value: Any) -> tuple[str, ...]:
     return items
 
 
+def _commands(value: Any) -> tuple[str, ...]:
+    """One shell command, or a list of them (a comma is part of a command, not a separator)."""
+    listed = value if isinstance(value, (list, tuple)) else [value]
+    commands = tuple(_text(v) for v in listed)
+    if any("\x00" in c for c in commands):
+        raise ValueError("must not hold a NUL character")
+    return commands
+
+
 def _suites(value: Any) -> tuple[str, ...]:
     items = tuple(_items(value))
     if items == ("none",):  # a host only other hosts use (a migration peer, an NFS server)

@@ -125,11 +125,12 @@ def with_host_image(spec: GuestSpec, host: Host, session: KvmSession) -> GuestSp
         return spec
     cfg = host.entry.config
     # commands: the guest agent where the image has one, else SSH to its sshd (our key, its
-    # host key known before it boots), else the serial console
+    # host key known before it boots), else the serial console; or the one the inventory names
     key, pub = keypair(session.keydir)  # (made only when a guest needs a key)
     ci = CloudInit(user=cfg.guest_user, password=secrets.token_urlsafe(12),
                    hostname=safe_name(spec.name, 30), ssh_keys=(pub,),
-                   host_key=ed25519_keypair())
+                   host_key=ed25519_keypair(), bootcmd=cfg.guest_bootcmd)
+    channel = cfg.guest_channel
     firmware = cfg.guest_firmware
     if firmware == "auto":
         firmware = "bios" if cfg.guest_root else distro.firmware_of(image)
@@ -139,5 +140,6 @@ def with_host_image(spec: GuestSpec, host: Host, session: KvmSession) -> GuestSp
         # the image's overlay on shared storage, so that the destination boots nothing anew
         disks = (replace(spec.disks[0], image=image), *spec.disks[1:])
     return spec.with_(disks=disks, cloud_init=ci,
-                      root=cfg.guest_root, memory=max(spec.memory, 1024), agent=True,
-                      firmware=firmware, ssh_key=key)
+                      root=cfg.guest_root, memory=max(spec.memory, 1024),
+                      agent=channel in ("auto", "agent"), firmware=firmware,
+                      ssh_key=key if channel in ("auto", "ssh") else None, channel=channel)

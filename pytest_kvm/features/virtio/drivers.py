@@ -21,6 +21,14 @@ def loaded_modules(guest: Guest) -> set[str]:
     return {line.split()[0] for line in guest.sh("lsmod").splitlines()[1:] if line.strip()}
 
 
+def builtin_modules(guest: Guest) -> set[str]:
+    """Drivers built into the guest's kernel (its modules.builtin; lsmod never lists them),
+    e.g. virtio_console in Debian 13's kernel. Empty where the kernel has no such list."""
+    out = guest.sh('cat "/lib/modules/$(uname -r)/modules.builtin" 2>/dev/null; true')
+    return {line.rsplit("/", 1)[-1].removesuffix(".ko").replace("-", "_")
+            for line in out.splitlines() if line.strip().endswith(".ko")}
+
+
 def virtio_bindings(guest: Guest) -> dict[int, str]:
     """virtio device ID -> the driver bound to it ('' when none)."""
     out = guest.sh("for d in /sys/bus/virtio/devices/*; do "

@@ -3,7 +3,7 @@ VENV   := .venv
 PYTEST := $(VENV)/bin/python -m pytest
 HOSTS  ?= hosts.ini
 
-.PHONY: setup setup-report demo test bench lint image report report-check clean
+.PHONY: setup setup-report demo test bench lint image image-mkosi report report-check clean
 
 # Installs what is missing (apt packages incl. QEMU 10 from bookworm-backports, the venv).
 setup:
@@ -25,6 +25,10 @@ test: setup-report
 # sshd), cached; RELEASE=trixie for Debian 13 (default bookworm); OUT=path to copy it somewhere.
 image: setup
 	$(VENV)/bin/python -m pytest_kvm image build $(if $(RELEASE),--release $(RELEASE)) $(if $(OUT),--out $(OUT))
+
+# The tests' Debian image built by mkosi (tests/images/mkosi.conf), cached; prints its path.
+image-mkosi: setup-report
+	$(VENV)/bin/python tests/foreign.py
 
 bench: setup
 	$(VENV)/bin/python bench/run.py

@@ -30,6 +30,9 @@ BPO_PKGS=(qemu-system-x86 qemu-utils)
 # --with-report: what rendering and checking the Allure report needs (make test, make report)
 if [ "${1:-}" = --with-report ]; then
   APT_PKGS+=(chromium fonts-liberation rsync)  # rsync: gitlab-ci-local (the pipeline's test)
+  # mkosi (24, from backports; it brings systemd 254): the tests' image from another builder
+  APT_PKGS+=(bubblewrap python3-pefile)
+  BPO_PKGS+=(mkosi systemd-boot)
   command -v java >/dev/null || APT_PKGS+=(default-jre-headless)
   command -v npx >/dev/null || APT_PKGS+=(nodejs npm)
 fi

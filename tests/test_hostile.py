@@ -569,7 +569,7 @@ def test_image_build_out_replaces_a_link_planted_at_its_name(shared, tmp_path, m
 
     cached = tmp_path / "cached.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(cached), "1M"], check=True)
-    monkeypatch.setattr(distro, "default_path", lambda: cached)
+    monkeypatch.setattr(distro, "default_path", lambda release="bookworm": cached)
     victim = tmp_path / "root-owned"
     victim.write_text("precious\n")
     out = os.path.join(shared, "out.qcow2")

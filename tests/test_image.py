@@ -270,6 +270,27 @@ class TestConsoleGuest:
             hashlib.sha256(b"x" * 200000).hexdigest(), "/tmp/blob", "200000"]
 
 
+    def test_a_command_that_hangs_is_interrupted_and_the_next_one_runs(self, console_guest):
+        """A timeout on the console types ^C: the command is killed, the next one runs."""
+        for _ in range(3):
+            with pytest.raises(GuestCommandTimeout, match="did not finish within 2 s"):
+                console_guest.run("sleep 300", timeout=2)
+            assert console_guest.run("echo still here", timeout=20) == (0, "still here\n")
+        # (no sleep 300 left: the noise loop's sleeps are other sleeps)
+        assert console_guest.run("pgrep -fx 'sleep 300' || echo none") == (0, "none\n")
+
+
+    def test_a_line_typed_after_an_interrupt_at_the_prompt_runs(self, console_guest):
+        """^C at bash's prompt (after a command that ended but whose end marker another writer
+        broke): bash's readline throws away a line typed before it has handled the signal
+        (every time, seen: a framed command's status probe lost so, in CI), so the console
+        types a no-op line until it is seen run."""
+        console = console_guest.console
+        for _ in range(3):
+            console.interrupt()
+            assert console.run("echo still here", 20) == (0, "still here\n")
+
+
     def test_it_booted_through_seabios_and_the_images_grub(self, console_guest):
         assert console_guest.sh("uname -r").startswith("6.12.")  # Debian 13's kernel
         assert "-kernel" not in console_guest.argv

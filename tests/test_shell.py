@@ -10,6 +10,7 @@ import pytest
 
 from pytest_kvm.guest import GuestCommandTimeout, GuestSpec, Owner
 from pytest_kvm.guest.cloudinit import CloudInit
+from pytest_kvm.guest.image import PROMPT
 from pytest_kvm.guest.qemu import controller_id
 from pytest_kvm.lab import KvmSession
 from pytest_kvm.waiting import first_within
@@ -56,6 +57,29 @@ def test_a_shell_guest_returns_long_output_whole_and_recovers_from_a_timeout(she
     assert shelled.run("echo still here") == (0, "still here\n")
     assert time.monotonic() - start < 10  # interrupted (^C), not waited for
     assert shelled.sh("pidof sleep; true") == ""
+
+
+def test_a_commands_end_is_found_wherever_it_lands_in_what_is_read(shelled, monkeypatch):
+    """A command's end marker followed in the same read by much more (a long prompt here; on
+    a distro's noisy serial console, a kernel message right after the prompt): the end was
+    once searched in the last 64 characters read only, so a command that had finished timed
+    out. A slow reader (a loaded controller; here a pause before each read) gets a whole
+    answer in one read."""
+    shell = shelled.shell
+    recv = shell.stream.recv
+
+    def slow_recv(size, timeout=None):
+        time.sleep(0.3)
+        return recv(size, timeout)
+
+    assert shelled.run(f"PS1='{PROMPT}{'x' * 200}'; echo set", timeout=10) == (0, "set\n")
+    try:
+        monkeypatch.setattr(shell.stream, "recv", slow_recv)
+        for n in range(5):
+            assert shelled.run(f"echo {n}", timeout=10) == (0, f"{n}\n")
+    finally:
+        monkeypatch.undo()
+        shelled.run(f"PS1='{PROMPT}'", timeout=10)
 
 
 def test_a_distro_guest_ignores_shell():

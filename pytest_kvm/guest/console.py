@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import re
+import time
 import uuid
 
 import pexpect
@@ -12,6 +14,12 @@ from pexpect.spawnbase import SpawnBase
 
 from ..errors import GUEST_MAX_LINE, GUEST_MAX_REPLY, KvmError, OutputTooLong
 from ..transport import Stream
+
+log = logging.getLogger("pytest_kvm.guest")
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
 
 
 class GuestCommandTimeout(KvmError):
@@ -126,32 +134,55 @@ class Console(SpawnBase):
         """Run a shell command in the guest; returns (exit status, output with \\n endings).
 
         Unique markers delimit the output; the typed line itself cannot match them because
-        the marker is split by an empty quote there.
+        the marker is split by an empty quote there. Each marker is searched as a string in
+        what came since the last read plus the marker's length (pexpect's lookback: linear in
+        the output, and wherever in a read it lands), then the rest of its line from where it
+        ended.
         """
         tag = uuid.uuid4().hex[:10]
         begin, end = f"__PKVM_B{tag}", f"__PKVM_E{tag}"
         command = command.strip().rstrip(";").rstrip()  # `cmd;; echo` is a syntax error too
         sep = " " if command.endswith("&") else "; "  # `cmd & ;` is a syntax error
+        deadline = time.monotonic() + timeout
         try:
             self.sendline(f"echo {begin[:4]}''{begin[4:]}; {command}{sep}"
                           f"echo {end[:4]}''{end[4:]} $?")
+            self.expect_exact(begin, timeout=_left(deadline))
             # (the rest of the marker's line: empty, unless another writer's text landed there)
-            self.expect(re.escape(begin) + r"[^\n]*\n", timeout=timeout)
-            # (searched in a window at the end: linear in the output, not quadratic)
-            self.expect(re.escape(end) + r" (\d+)\r?\n", timeout=timeout, searchwindowsize=64)
+            self.expect(r"\A[^\n]*\n", timeout=_left(deadline))
+            self.expect_exact(f"{end} ", timeout=_left(deadline))
+            output = self.before
+            self.expect(r"\A(\d+)\r?\n", timeout=_left(deadline))
         except OutputTooLong as exc:
-            self.sendcontrol("c")
+            self.interrupt()
             raise OutputTooLong(f"{exc} while running `{command}` (interrupted)") from exc
         except pexpect.TIMEOUT as exc:
-            self.sendcontrol("c")  # interrupt it so the console is usable again
+            self.interrupt()  # so the console is usable again
             raise GuestCommandTimeout(f"{self.name}: `{command}` did not finish within "
                                       f"{timeout:g} s (interrupted)") from exc
         except pexpect.EOF as exc:
             raise ConsoleClosed(f"{self.name}: the guest went away while running "
                                 f"`{command}`") from exc
         status = int(self.match.group(1))
-        output = self.before.replace("\r\n", "\n").replace("\r", "")
-        return status, output
+        return status, output.replace("\r\n", "\n").replace("\r", "")
+
+    def interrupt(self, tries: int = 5, wait: float = 3) -> None:
+        """^C, then a no-op line typed until its output is seen (``tries`` times, ``wait`` s
+        each): at bash's prompt, readline throws away a line typed before it has handled the
+        signal, with the line it interrupted; a line typed after it runs."""
+        log.info("%s: ^C", self.name)
+        self.sendcontrol("c")
+        sync = f"__PKVM_S{uuid.uuid4().hex[:10]}"
+        for n in range(tries):
+            self.sendline(f"echo {sync[:4]}''{sync[4:]}")
+            try:
+                self.expect_exact(sync, timeout=wait)
+                return
+            except (pexpect.TIMEOUT, OutputTooLong):
+                log.info("%s: no answer %g s after ^C (try %d of %d)", self.name, wait,
+                         n + 1, tries)
+            except pexpect.EOF:
+                return  # the next command says so (ConsoleClosed)
 
     def run_framed(self, command: str, timeout: float = 60, rounds: int = 8) -> tuple[int, str]:
         """As ``run``, on a console that other writers share (a distro's serial console: the
@@ -166,12 +197,11 @@ class Console(SpawnBase):
             self.run(f"( {command}\n) >{out} 2>&1 </dev/null; echo $? >{out}.s", timeout)
         except GuestCommandTimeout:  # or another writer broke the end marker's line: the
             # status file says whether the command ended (the console was interrupted anyway)
-            _, reply = self.run(f"test -s {out}.s && echo {tag}-''done", 30)
-            if f"{tag}-done" not in reply:
+            if not self._framed_ended(tag, out):
                 raise
         status, size, digest = self._framed_meta(tag, out)
         if size > self.max_reply:
-            self.run(f"rm -f {out} {out}.s", 30)
+            self._framed_remove(out)
             raise OutputTooLong(f"{self.name}: `{command}` printed {size} bytes, more than "
                                 f"{self.max_reply} (the limit)")
         encoded = 4 * -(-size // 3)
@@ -186,8 +216,11 @@ class Console(SpawnBase):
             pick = ("" if len(missing) == count or len(missing) > 200 else
                     'BEGIN { split("' + " ".join(map(str, missing)) +
                     '", w); for (k in w) want[w[k]] } !(NR in want) { next } ')
-            _, reply = self.run(f"base64 {out} | awk '{pick}{{ print \"{tag}:\" NR \":\" "
-                                f"$0 }}'", 120)
+            try:  # (a round that times out costs its wait: bounded by what it asks for)
+                _, reply = self.run(f"base64 {out} | awk '{pick}{{ print \"{tag}:\" NR \":\" "
+                                    f"$0 }}'", min(120, 30 + encoded / 4000))
+            except GuestCommandTimeout:  # a marker's line broken: the next round asks again
+                continue
             for m in map(line.match, reply.splitlines()):
                 if m and int(m[1]) in want and len(m[2]) == want[int(m[1])]:
                     got.setdefault(int(m[1]), m[2])
@@ -198,15 +231,36 @@ class Console(SpawnBase):
             raise ConsoleGarbled(f"{self.name}: `{command}`'s output did not come back whole "
                                  f"in {rounds} rounds ({len(got)} of {count} lines): something "
                                  f"else writes on the console too much")
-        self.run(f"rm -f {out} {out}.s", 30)
+        self._framed_remove(out)
         return status, data.decode("utf-8", errors="replace")
+
+    def _framed_ended(self, tag: str, out: str, tries: int = 3) -> bool:
+        """Whether a framed command's status file is there (it ended), asked up to ``tries``
+        times: another writer can break this reply's line or markers too."""
+        for _ in range(tries):
+            try:
+                _, reply = self.run(f"test -s {out}.s && echo {tag}-''done", 30)
+            except GuestCommandTimeout:
+                continue
+            if f"{tag}-done" in reply:
+                return True
+        return False
+
+    def _framed_remove(self, out: str) -> None:
+        try:
+            self.run(f"rm -f {out} {out}.s", 30)
+        except GuestCommandTimeout:  # its files stay in the guest's /tmp; the output is whole
+            log.info("%s: could not remove %s (the console was interrupted)", self.name, out)
 
     def _framed_meta(self, tag: str, out: str, tries: int = 5) -> tuple[int, int, str]:
         """(exit status, size, MD5) of a framed command's output file."""
         meta = re.compile(rf"{tag}-S (\d+) (\d+) ([0-9a-f]{{32}})$", re.M)
         for _ in range(tries):
-            _, reply = self.run(f"echo {tag}-S $(cat {out}.s) $(wc -c <{out}) "
-                                f"$(md5sum <{out} | cut -c1-32)", 30)
+            try:
+                _, reply = self.run(f"echo {tag}-S $(cat {out}.s) $(wc -c <{out}) "
+                                    f"$(md5sum <{out} | cut -c1-32)", 30)
+            except GuestCommandTimeout:  # a marker's line broken: asked again
+                continue
             found = meta.search(reply)
             if found:
                 return int(found[1]), int(found[2]), found[3]

@@ -82,6 +82,19 @@ def test_a_commands_end_is_found_wherever_it_lands_in_what_is_read(shelled, monk
         shelled.run(f"PS1='{PROMPT}'", timeout=10)
 
 
+@pytest.mark.parametrize("channel", ["shell", "console"])
+def test_a_background_jobs_end_leaves_the_shell_as_it_was(shelled, channel):
+    """A job started in the background ends while the shell waits at its prompt: busybox with
+    echo off (fgets) took the interrupted read for end of input, so the shell exited and was
+    started again, and a command typed meanwhile was lost (virtio-data's receiver, in CI)."""
+    console = getattr(shelled, channel)
+    shell_pid, job = console.run("echo $$; sleep 1 </dev/null >/dev/null 2>&1 & echo $!", 30)[
+        1].split()
+    first_within(lambda: console.run(f"kill -0 {job} 2>/dev/null || echo gone", 30)[1]
+                 == "gone\n", 30, "the background job's end", step=0.5)
+    assert console.run("echo $$", 30) == (0, f"{shell_pid}\n")  # the same shell
+
+
 def test_a_distro_guest_ignores_shell():
     assert GuestSpec(shell=True).virtio_shell
     assert not GuestSpec(shell=True, root="/dev/vda").virtio_shell

@@ -59,6 +59,10 @@ PS1='{PROMPT}'
 # write of its own, a VM exit each (most of a command's time in a nested guest); with echo
 # off the shell reads whole lines (`stty echo` to type at it by hand).
 [ -t 0 ] && stty -echo 2>/dev/null
+# With echo off busybox reads a line with fgets, and a background job's end (SIGCHLD) while
+# the shell waits at its prompt interrupts that read, which busybox takes for end of input:
+# the shell exited and was started again, and a command typed meanwhile was lost.
+set -o ignoreeof
 """
 
 

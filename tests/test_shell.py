@@ -88,8 +88,8 @@ def test_a_background_jobs_end_leaves_the_shell_as_it_was(shelled, channel):
     echo off (fgets) took the interrupted read for end of input, so the shell exited and was
     started again, and a command typed meanwhile was lost (virtio-data's receiver, in CI)."""
     console = getattr(shelled, channel)
-    shell_pid, job = console.run("echo $$; sleep 1 </dev/null >/dev/null 2>&1 & echo $!", 30)[
-        1].split()
+    _, out = console.run("echo $$; sleep 1 </dev/null >/dev/null 2>&1 & echo $!", 30)
+    shell_pid, job = out.split()
     first_within(lambda: console.run(f"kill -0 {job} 2>/dev/null || echo gone", 30)[1]
                  == "gone\n", 30, "the background job's end", step=0.5)
     assert console.run("echo $$", 30) == (0, f"{shell_pid}\n")  # the same shell

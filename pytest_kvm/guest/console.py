@@ -216,11 +216,9 @@ class Console(SpawnBase):
             pick = ("" if len(missing) == count or len(missing) > 200 else
                     'BEGIN { split("' + " ".join(map(str, missing)) +
                     '", w); for (k in w) want[w[k]] } !(NR in want) { next } ')
-            try:  # (a round that times out costs its wait: bounded by what it asks for)
-                _, reply = self.run(f"base64 {out} | awk '{pick}{{ print \"{tag}:\" NR \":\" "
-                                    f"$0 }}'", min(120, 30 + encoded / 4000))
-            except GuestCommandTimeout:  # a marker's line broken: the next round asks again
-                continue
+            # (a round that times out costs its wait: bounded by what it asks for)
+            reply = self._ask(f"base64 {out} | awk '{pick}{{ print \"{tag}:\" NR \":\" "
+                              f"$0 }}'", min(120, 30 + encoded / 4000))
             for m in map(line.match, reply.splitlines()):
                 if m and int(m[1]) in want and len(m[2]) == want[int(m[1])]:
                     got.setdefault(int(m[1]), m[2])
@@ -234,34 +232,30 @@ class Console(SpawnBase):
         self._framed_remove(out)
         return status, data.decode("utf-8", errors="replace")
 
+    def _ask(self, command: str, timeout: float = 30) -> str:
+        """One step of the framed protocol: its output, or "" when it timed out (another
+        writer broke a marker's line; the caller asks again or does without)."""
+        try:
+            return self.run(command, timeout)[1]
+        except GuestCommandTimeout:
+            return ""
+
     def _framed_ended(self, tag: str, out: str, tries: int = 3) -> bool:
         """Whether a framed command's status file is there (it ended), asked up to ``tries``
         times: another writer can break this reply's line or markers too."""
-        for _ in range(tries):
-            try:
-                _, reply = self.run(f"test -s {out}.s && echo {tag}-''done", 30)
-            except GuestCommandTimeout:
-                continue
-            if f"{tag}-done" in reply:
-                return True
-        return False
+        return any(f"{tag}-done" in self._ask(f"test -s {out}.s && echo {tag}-''done")
+                   for _ in range(tries))
 
     def _framed_remove(self, out: str) -> None:
-        try:
-            self.run(f"rm -f {out} {out}.s", 30)
-        except GuestCommandTimeout:  # its files stay in the guest's /tmp; the output is whole
-            log.info("%s: could not remove %s (the console was interrupted)", self.name, out)
+        # (on a timeout its files stay in the guest's /tmp; the output came back whole)
+        self._ask(f"rm -f {out} {out}.s")
 
     def _framed_meta(self, tag: str, out: str, tries: int = 5) -> tuple[int, int, str]:
         """(exit status, size, MD5) of a framed command's output file."""
         meta = re.compile(rf"{tag}-S (\d+) (\d+) ([0-9a-f]{{32}})$", re.M)
         for _ in range(tries):
-            try:
-                _, reply = self.run(f"echo {tag}-S $(cat {out}.s) $(wc -c <{out}) "
-                                    f"$(md5sum <{out} | cut -c1-32)", 30)
-            except GuestCommandTimeout:  # a marker's line broken: asked again
-                continue
-            found = meta.search(reply)
+            found = meta.search(self._ask(f"echo {tag}-S $(cat {out}.s) $(wc -c <{out}) "
+                                          f"$(md5sum <{out} | cut -c1-32)"))
             if found:
                 return int(found[1]), int(found[2]), found[3]
         raise ConsoleGarbled(f"{self.name}: no status line for {out} in {tries} tries: "

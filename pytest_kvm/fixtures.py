@@ -3,6 +3,7 @@ figures a check records. What they hand out comes from the lab layer (pytest_kvm
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import NoReturn
 
@@ -10,7 +11,8 @@ import pytest
 
 from . import reporting
 from .errors import KvmError
-from .features.migration import address_of
+from .features import compat
+from .features.migration import BY_NAME, MigrationUnsupported, Run, address_of, shared_storage
 from .figures import ATTACHMENT_PREFIX, Figure
 from .guest import Guest, GuestSpec
 from .host import Host
@@ -98,6 +100,56 @@ def kvm_migration_tls(kvm_pair):
     tls = MigrationTls(sorted({address_of(src), address_of(dst)}))
     yield tls
     tls.close()
+
+
+@pytest.fixture(scope="module")
+def kvm_migration_model(kvm_pair) -> compat.PairModel:
+    """The machine type and CPU model a guest migrating on the module's pair is started with:
+    what both ends accept (kvm_machine, kvm_migration_cpu, or the newest both QEMUs offer);
+    none: the module's checks are skipped, naming both hosts, their versions and what lacks."""
+    try:
+        return compat.pair_model(*kvm_pair)
+    except compat.NoCommonModel as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def kvm_migration(kvm_pair, kvm_migration_model, kvm_migration_tls, module_guest_factory,
+                  kvm_samples):
+    """Migrate a guest on the module's pair as a variant says (pytest_kvm.features.migration:
+    VARIANTS, the failure paths among them), once, for many checks::
+
+        @pytest.fixture(scope="module", params=mig.variant_names())
+        def migrated(request, kvm_migration):
+            with kvm_migration(request.param, GuestSpec(...)) as run:
+                yield run
+
+    The guest gets the pair's machine type and CPU model, its disk on kvm_shared_storage
+    where the variant uses it (a variant that needs it is skipped without); a variant the
+    pair's QEMUs cannot do is skipped. Every guest of the variant is stopped when the block
+    ends, and at once when its migration fails."""
+    shared = {}
+
+    @contextlib.contextmanager
+    def migration(name: str, spec: GuestSpec):
+        variant = BY_NAME[name]
+        if variant.storage != "copy" and not shared:
+            shared["path"], shared["problem"] = shared_storage(*kvm_pair)
+        if variant.storage == "shared" and shared.get("problem"):
+            pytest.skip(shared["problem"])
+        spec = spec.with_(machine=kvm_migration_model.machine,
+                          cpu=kvm_migration_model.cpu_option)
+        with module_guest_factory.scoped() as start:
+            try:
+                run = Run(variant, *kvm_pair, spec, start, shared.get("path"),
+                          kvm_migration_tls, reporting.step, samples=kvm_samples).execute()
+            except MigrationUnsupported as exc:  # a variant this pair's versions cannot do
+                pytest.skip(str(exc))
+            try:
+                yield run
+            finally:
+                run.close()
+    return migration
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,8 @@ from .fixtures import (  # noqa: F401 - fixtures are registered by being here
     kvm_device_lease,
     kvm_figure,
     kvm_host,
+    kvm_migration,
+    kvm_migration_model,
     kvm_migration_tls,
     kvm_pair,
     kvm_property,

@@ -193,7 +193,7 @@ def test_a_source_without_tls_cannot_migrate_to_a_tls_destination(session, hosts
     src = session.start_guest(h1, SPEC, "tls-src")
     dst = session.start_guest(h2, SPEC.with_(incoming="defer"), "tls-dst", wait=False)
     try:
-        mig.tls_creds(dst, tls, "server")
+        tls.creds(dst, "server")
         dst.qmp.execute("migrate-set-parameters", tls_creds="tls0")
         with pytest.raises(mig.MigrationError, match="ended 'failed'"):
             mig.migrate(src, dst, mig.stream_to(h1, dst, None, "migrate"), timeout=60)

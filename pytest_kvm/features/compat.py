@@ -138,3 +138,18 @@ def pair_model(src: Host, dst: Host, family: str = "q35") -> PairModel:
                       chosen)
     log.info("%s -> %s: %s", src.name, dst.name, model.describe())
     return model
+
+
+def another_machine(host: Host, machine: str) -> str:
+    """A machine type of ``machine``'s family that ``host`` offers and ``machine`` is not (the
+    newest older one, else the oldest newer one): a destination started with it refuses the
+    source's stream. NoCommonModel when the host offers no other."""
+    prefix = machine.rsplit("-", 1)[0] if _version_key(machine, machine.rsplit("-", 1)[0]) \
+        else MACHINE_FAMILIES.get(machine, machine)
+    mine = _version_key(machine, prefix) or (0, 0)
+    others = sorted((k, m) for m in host.qemu_offers.machines
+                    if (k := _version_key(m, prefix)) and m != machine)
+    older = [m for k, m in others if k < mine]
+    if older or others:
+        return older[-1] if older else others[0][1]
+    raise NoCommonModel(f"{_who(host)} offers no {prefix}-X.Y machine type but {machine}")

@@ -8,8 +8,14 @@
  * A deadline missed by more than an interval (a guest starved of CPU) is skipped, not caught
  * up in a burst.
  *
- * usage: beacon INTERVAL_MS DEVICE. Freestanding (raw Linux x86-64 system calls, no libc),
- * as memstamp.c.
+ * With a LOG file it is the migration's workload counter instead: every INTERVAL_MS it writes
+ * "PKVM-COUNT n pid uptime" (the guest's /proc/uptime) to DEVICE and appends it to LOG. A
+ * process that forks nothing: a shell loop forked three programs a line, and those forks
+ * dirtied more guest memory than everything else the guest ran (about 1000 pages/s in a
+ * nested guest), which a slow migration link then had to carry again every pass.
+ *
+ * usage: beacon INTERVAL_MS DEVICE [LOG]. Freestanding (raw Linux x86-64 system calls, no
+ * libc), as memstamp.c.
  */
 typedef long i64;
 
@@ -22,8 +28,11 @@ static i64 sys(i64 n, i64 a, i64 b, i64 c, i64 d)
     return ret;
 }
 
+#define SYS_READ 0
 #define SYS_WRITE 1
 #define SYS_OPEN 2
+#define SYS_CLOSE 3
+#define SYS_GETPID 39
 #define SYS_EXIT 60
 #define SYS_CLOCK_GETTIME 228
 #define SYS_CLOCK_NANOSLEEP 230
@@ -54,22 +63,61 @@ static i64 now_ns(void)
     return t.sec * NS + t.nsec;
 }
 
+static int number(char *at, unsigned long v)
+{
+    char tmp[24];
+    int k = 0, n = 0;
+    do { tmp[k++] = (char)('0' + v % 10); v /= 10; } while (v);
+    while (k) at[n++] = tmp[--k];
+    return n;
+}
+
+static void fail(const char *why, int code)
+{
+    say(2, why);
+    sys(SYS_EXIT, code, 0, 0, 0);
+}
+
+/* The line of beat n: "PKVM-BEAT n", or with a log "PKVM-COUNT n pid uptime". */
+static int compose(char *line, unsigned long n, i64 pid)
+{
+    static const char beat[] = "PKVM-BEAT ", count[] = "PKVM-COUNT ";
+    const char *head = pid ? count : beat;
+    int pos = 0;
+    while (head[pos]) { line[pos] = head[pos]; pos++; }
+    pos += number(line + pos, n);
+    if (pid) {
+        line[pos++] = ' ';
+        pos += number(line + pos, (unsigned long)pid);
+        line[pos++] = ' ';
+        i64 up = sys(SYS_OPEN, (i64)"/proc/uptime", 0, 0, 0);
+        i64 got = up < 0 ? 0 : sys(SYS_READ, up, (i64)(line + pos), 24, 0);
+        if (up >= 0) sys(SYS_CLOSE, up, 0, 0, 0);
+        for (i64 i = 0; i < got && line[pos] != ' '; i++) pos++;  /* the first field */
+    }
+    line[pos++] = '\n';
+    return pos;
+}
+
 void run(i64 *sp)
 {
     char **argv = (char **)(sp + 1);
-    if (sp[0] != 3) { say(2, "usage: beacon INTERVAL_MS DEVICE\n"); sys(SYS_EXIT, 2, 0, 0, 0); }
+    if (sp[0] != 3 && sp[0] != 4) fail("usage: beacon INTERVAL_MS DEVICE [LOG]\n", 2);
     i64 interval = parse(argv[1]) * 1000000L;
-    if (interval <= 0) { say(2, "beacon: INTERVAL_MS must be > 0\n"); sys(SYS_EXIT, 2, 0, 0, 0); }
+    if (interval <= 0) fail("beacon: INTERVAL_MS must be > 0\n", 2);
     i64 fd = sys(SYS_OPEN, (i64)argv[2], 01 | 0400, 0, 0);  /* O_WRONLY | O_NOCTTY */
-    if (fd < 0) { say(2, "beacon: cannot open DEVICE\n"); sys(SYS_EXIT, 1, 0, 0, 0); }
+    if (fd < 0) fail("beacon: cannot open DEVICE\n", 1);
+    i64 log = -1, pid = 0;
+    if (sp[0] == 4) {  /* O_WRONLY | O_CREAT | O_APPEND | O_NOCTTY */
+        log = sys(SYS_OPEN, (i64)argv[3], 01 | 0100 | 02000 | 0400, 0644, 0);
+        if (log < 0) fail("beacon: cannot open LOG\n", 1);
+        pid = sys(SYS_GETPID, 0, 0, 0, 0);
+    }
     i64 next = now_ns();
     for (unsigned long n = 1;; n++) {
-        char line[40] = "PKVM-BEAT ", tmp[24];
-        int pos = 10, k = 0;
-        unsigned long v = n;
-        do { tmp[k++] = (char)('0' + v % 10); v /= 10; } while (v);
-        while (k) line[pos++] = tmp[--k];
-        line[pos++] = '\n';
+        char line[80];
+        int pos = compose(line, n, pid);
+        if (log >= 0) sys(SYS_WRITE, log, (i64)line, pos, 0);
         sys(SYS_WRITE, fd, (i64)line, pos, 0);
         next += interval;
         i64 now = now_ns();

@@ -66,17 +66,34 @@ class Qmp:
         except QMPError as exc:
             raise QmpError(f"{self.name}: QMP: {exc}") from exc
 
-    def execute(self, command: str, timeout: float | None = None, **arguments: Any) -> Any:
+    def execute(self, command: str, timeout: float | None = None, oob: bool = False,
+                **arguments: Any) -> Any:
+        """A command and its answer. ``oob``: out of band, answered even while QEMU's main
+        loop is busy (a postcopy destination blocked on a missing page), for the commands
+        QEMU allows so (migrate-pause, migrate-recover), where the monitor offers it."""
         args = {k.replace("_", "-"): v for k, v in arguments.items()}
-        log.info("%s: QMP %s %s", self.name, command, json.dumps(args) if args else "")
-        self.log.append(f"-> {json.dumps({'execute': command, 'arguments': args})}")
+        oob = oob and self.oob
+        log.info("%s: QMP %s%s %s", self.name, command, " (oob)" if oob else "",
+                 json.dumps(args) if args else "")
+        kind = "exec-oob" if oob else "execute"
+        self.log.append(f"-> {json.dumps({kind: command, 'arguments': args})}")
         try:
-            result = self._call(self._client.execute(command, args or None), timeout)
+            result = self._call(self._client.execute(command, args or None, oob=oob), timeout)
         except QmpError as exc:
             self.log.append(f"<- error: {exc}")
             raise
         self.log.append(f"<- {json.dumps(result)}")
         return result
+
+    @property
+    def oob(self) -> bool:
+        """Whether out-of-band execution was negotiated (QEMU offers it on socket monitors)."""
+        greeting = self._client.greeting
+        return bool(greeting and "oob" in greeting.QMP.capabilities)
+
+    def history(self) -> list[dict]:
+        """Every event received since connect, oldest first (consumed by event() or not)."""
+        return [dict(e) for e in self._events.history]
 
     def event(self, name: str, timeout: float | None = None, **match: Any) -> dict:
         """The first event called ``name`` whose data has the ``match`` items (e.g.

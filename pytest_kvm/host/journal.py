@@ -32,6 +32,7 @@ _DRIVER = r"[A-Za-z0-9_.-]{0,64}"
 UNDO_OPS: dict[str, tuple[str, ...]] = {
     "undo-pci-driver": (BDF, _DRIVER, r"\(null\)|" + _DRIVER),
     "undo-sriov-pf": (BDF, r"[0-9]{1,4}", r"[01]"),
+    "undo-link-down": (r"[A-Za-z0-9_.-]{1,15}",),  # a lab link taken down (migration)
 }
 
 

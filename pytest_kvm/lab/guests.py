@@ -5,6 +5,7 @@ image (kvm_guest_image) given to the guests that do not bring their own."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 import shlex
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from ..guest.cloudinit import ed25519_keypair
 from ..guest.launch import safe_name
 from ..host import Host
 from .nested import keypair
+
+log = logging.getLogger("pytest_kvm.lab")
 
 if TYPE_CHECKING:
     from .session import KvmSession
@@ -44,11 +47,49 @@ class GuestFactory:
         if host is None:
             raise KvmError("guest_factory needs a host: use kvm_host in the test or pass host=")
         spec = (spec or GuestSpec()).with_(**changes) if changes else (spec or GuestSpec())
+        self.clear_strays(host)
         with reporting.step(f"provision and boot {spec.name} on {host.name}"):
             guest = self.session.start_guest(
                 host, with_host_image(spec, host, self.session), self.label, wait)
         self.guests.append(guest)
         return guest
+
+    def clear_strays(self, host: Host) -> None:
+        """Before a boot: this run's stray guests on the host removed (a guest nobody stops
+        any more would starve every check after it), named in the report with the host's
+        load."""
+        removed, load = self.session.strays(host)
+        title = f"{host.name}: load {load or 'unknown'}" + (
+            f", {len(removed)} stray guest(s) of this run removed" if removed else "")
+        with reporting.step(title):
+            if removed:
+                reporting.attach_text(f"stray guests removed on {host.name}",
+                                      "\n".join(removed))
+
+    @contextlib.contextmanager
+    def scoped(self):
+        """A factory for one piece of work in this one's scope (a migration variant): every
+        guest it started is stopped when the work ends, and at once when it fails, so that a
+        rerun never meets the failed attempt's guests. Under --kvm-keep-failed a failure's
+        guests (or those of a scope whose checks failed) are handed to this factory instead,
+        which keeps them to its end as it keeps a failed test's."""
+        child = GuestFactory(self.session, self.default_host, self.label, self.failed)
+        try:
+            yield child
+        except BaseException:
+            self._end(child, True)
+            raise
+        self._end(child, self.failed())
+
+    def _end(self, child: GuestFactory, failed: bool) -> None:
+        if failed and self.session.keep_failed:
+            self.guests += [g for g in child.guests if not g.stopped]
+            child.guests.clear()
+            return
+        try:
+            child.finish(False)
+        except KvmError as exc:  # (the next boot's stray check removes what is left)
+            log.warning("stopping a scope's guests: %s", exc)
 
     def revive(self, guest: Guest) -> Guest:
         """A fresh guest (same host, same spec, a new QEMU) in place of a dead one, which is

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import threading
 
+from .. import remote
 from ..errors import KvmError
 from ..guest import (
     Guest,
@@ -24,7 +25,7 @@ from ..guest import (
     sweep,
 )
 from ..guest.state import RUN_DIR
-from ..host import Host, Journal, Leases, replay_dead_journals
+from ..host import ENTRY_NAME, Host, Journal, Leases, replay_dead_journals
 from ..inventory import HostConfig, HostEntry, Inventory
 from ..transport import Transport, for_entry
 from .nested import (
@@ -70,6 +71,10 @@ class KvmSession:
         self._closed = False
         self.leases = Leases(owner.run_id)
         self.channels: dict[str, str] = {}  # "host/guest" -> how its commands went, its OS
+        # every guest this session started, by its run dir's sequence number (None while it
+        # boots): what is not here, or stopped, and still has a run dir is a stray
+        self._started: dict[str, Guest | None] = {}
+        self.strays_removed: list[str] = []  # "host: run dir (QEMU running)", for the summary
 
     def host(self, name: str, sweep_leftovers: bool = True) -> Host:
         """The Host, connected and with its facts probed; KvmError when it cannot be reached.
@@ -190,11 +195,50 @@ class KvmSession:
 
     def start_guest(self, host: Host, spec: GuestSpec, label: str = "",
                     wait: bool = True) -> Guest:
-        seq = f"{self.worker}-{next(self._seq)}"
-        guest = start_guest(host, spec, self.image_for(host), self.owner, seq, label, wait)
+        n = next(self._seq)
+        self._started[str(n)] = None  # (booting: not a stray)
+        try:
+            guest = start_guest(host, spec, self.image_for(host), self.owner,
+                                f"{self.worker}-{n}", label, wait)
+        except BaseException:
+            del self._started[str(n)]
+            raise
+        self._started[str(n)] = guest
         if wait:  # (a migration's destination takes its source's channel)
             self.channels[f"{host.name}/{spec.name}"] = f"{guest.channel} ({guest.os_family})"
         return guest
+
+    def strays(self, host: Host) -> tuple[list[str], str]:
+        """Remove this process's strays on the host: run dirs of its guests that are not
+        running as far as it knows (stopped, or never known: a failed stop, a guest whose
+        object was lost), with their QEMU if it still runs. Returns (what was removed, the
+        host's load as "1.93 on 2 CPUs")."""
+        base = f"{host.workdir}/{RUN_DIR}"
+        prefix = f"{self.owner.run_id}-{self.worker}-"
+        r = host.run(remote.argv("run-strays", base, prefix), check=False, timeout=30)
+        removed, load = [], ""
+        for line in r.stdout.splitlines():
+            fields = line.split()
+            if fields[:1] == ["load"] and len(fields) == 3:
+                load = f"{fields[1]} on {fields[2]} CPUs"
+                continue
+            if len(fields) != 2 or not fields[0].startswith(prefix):
+                continue
+            seq = fields[0][len(prefix):].split("-", 1)[0]
+            if not ENTRY_NAME.fullmatch(fields[0]) or not seq.isdigit():
+                continue  # (a link's dir, or a name we would not give)
+            known = self._started.get(seq, "unknown")
+            if known is None or (isinstance(known, Guest) and not known.stopped):
+                continue
+            running = fields[1] == "1"
+            stop = host.run(remote.argv("qemu-stop", f"{base}/{fields[0]}", "0", ""),
+                            check=False, timeout=120)
+            what = (f"{host.name}: {fields[0]} ({'its QEMU was running' if running else 'no QEMU'}"
+                    f"{'' if stop.ok else ', NOT removed: ' + stop.stdout.strip()})")
+            log.warning("a stray guest of this run: %s", what)
+            removed.append(what)
+        self.strays_removed += removed
+        return removed, load
 
     def close(self) -> None:
         """Stop the nested hosts (innermost first) and close every connection (once)."""

@@ -13,11 +13,16 @@ from ...errors import KvmError
 from ...guest import Guest, GuestSpec, memstamp
 from ...host import Host
 from ...waiting import wait_until
-from .migrate import FIGURES, Migration, MigrationError, migrate, stream_to, wait_running
+from .failures import Attempt, attempt
+from .job import Job, MigrationError, Options
+from .migrate import FIGURES, Migration, finish, migrate, stream_to, wait_running
 from .storage import finish_mirror, mirror_storage, shared_storage_works
 from .tls import MigrationTls
+from .variants import BY_NAME, Variant
 from .workload import (
     BEAT_MS,
+    STAMP_MS,
+    STAMP_PAGES,
     CounterWatch,
     counter_log,
     start_counter,
@@ -27,74 +32,37 @@ from .workload import (
 
 log = logging.getLogger("pytest_kvm.migration")
 
-
-VARIANTS = ("shared-storage", "copy-storage", "ping-pong", "dirty-memory", "postcopy",
-            "multifd", "xbzrle")
-# How each variant migrates (migrate()'s options), and which run a memory-dirtying load.
-VARIANT_OPTIONS: dict[str, dict] = {
-    "dirty-memory": {"auto_converge": True},
-    "postcopy": {"postcopy": True},
-    "multifd": {"multifd_channels": 4},
-    "xbzrle": {"xbzrle_cache": 64 * 1024 * 1024, "auto_converge": True},
-}
-# MiB a memory-dirtying loop in the guest rewrites, per variant that runs one: dirty-memory's
-# is what auto-converge must overcome; postcopy's and xbzrle's only need pages sent again.
-DIRTYING = {"dirty-memory": 64, "postcopy": 16, "xbzrle": 16}
-
-
-def variant_problem(variant: str, hops: list[Migration]) -> str | None:
-    """None when the variant's migrations show what makes the variant; else what is missing."""
-    last = hops[-1]
-    checks = {
-        "shared-storage": (last.storage == "shared", f"storage was {last.storage}"),
-        "copy-storage": (last.storage.startswith("copy"), f"storage was {last.storage}"),
-        "ping-pong": (len(hops) >= 3 and len(hops) % 2, f"{len(hops)} hops, not 3 or more "
-                      "ending on the peer"),
-        "dirty-memory": ("auto-converge" in last.capabilities,
-                         f"auto-converge was off ({last.capabilities})"),
-        "postcopy": (last.postcopy_active_seen, "the source never reported postcopy-active"),
-        "multifd": (last.multifd_bytes > 0 and "multifd" in last.capabilities,
-                    f"multifd-bytes {last.multifd_bytes} over {last.multifd_channels} channels"),
-        "xbzrle": (last.xbzrle_cache_size > 0
-                   and last.xbzrle_cache_miss + last.xbzrle_pages > 0,
-                   f"xbzrle cache {last.xbzrle_cache_size} bytes, {last.xbzrle_cache_miss} "
-                   f"misses, {last.xbzrle_pages} delta pages: no page went through it"),
-    }
-    ok, problem = checks[variant]
-    return None if ok else f"{variant}: {problem}"
 StartGuest = Callable[..., Guest]  # start(spec, host=..., wait=...): the fixtures' factory
 
 
 class Run:
     """One variant's migration(s) of a guest running the counter, done once (``execute()``)
-    and checked by many tests: shared-storage, copy-storage (an overlay per host, mirrored
-    over NBD), ping-pong (A->B->A->B, a fresh destination each hop), dirty-memory (a
-    memory-dirtying load, auto-converge on), postcopy (switched from precopy under a lighter dirtying load),
-    multifd (4 channels), xbzrle (a 64 MiB cache, under a lighter dirtying load). A dirtying
-    load ends once the hops are done (the counter runs on). All but copy-storage use shared
-    storage where there is some. Guests come from ``start`` (whose owner stops them at the
-    end); ``close()`` stops the last one (the guest the checks read: left running, it would
-    slow every later variant) and removes the rest."""
+    and checked by many tests: the variant's hops (see variants.VARIANTS), or for a failure
+    path its attempt (see failures.attempt) and then a migration that must succeed. Guests
+    come from ``start`` (the fixture's factory, whose scope stops every one of them, also
+    when ``execute()`` fails); ``close()`` removes the run's files on shared storage."""
 
-    def __init__(self, variant: str, src: Host, dst: Host, spec: GuestSpec, start: StartGuest,
-                 shared_dir: str | None = None, tls: MigrationTls | None = None,
+    def __init__(self, variant: str | Variant, src: Host, dst: Host, spec: GuestSpec,
+                 start: StartGuest, shared_dir: str | None = None,
+                 tls: MigrationTls | None = None,
                  step: Callable[[str], contextlib.AbstractContextManager] | None = None,
                  samples: int = 1):
-        self.variant, self.src, self.dst, self.start, self.tls = variant, src, dst, start, tls
-        # hops there (src -> dst), each but the last followed by one back: ping-pong's two
-        # there and one back at least
-        self.forward = max(samples, 2 if variant == "ping-pong" else 1)
+        self.variant = BY_NAME[variant] if isinstance(variant, str) else variant
+        self.src, self.dst, self.start, self.tls = src, dst, start, tls
+        # hops there (src -> dst), each but the last followed by one back
+        self.forward = max(samples, self.variant.forward)
         self.step = step or (lambda title: contextlib.nullcontext())
         self.watch = CounterWatch()
         self.watches = [self.watch]  # watch k reads QEMU process k ("source") and k+1
         self.processes = [src.name]
         self.windows: list[tuple[float, float, str]] = []
         self.hops: list[Migration] = []
-        self.sources: list[Guest] = []
         self.source_status = ""
+        self.attempt: Attempt | None = None
         self.cleanup: list[tuple[Host, str]] = []
         self._log: list[tuple[int, int, float]] = []  # counter_log(): what was read so far
-        if variant == "shared-storage" or (variant != "copy-storage" and shared_dir):
+        storage = self.variant.storage
+        if storage == "shared" or (storage == "any" and shared_dir):
             # its first disk there (made by the source's start; on a distro image, the
             # image's overlay: the boot disk itself is shared)
             image = f"{shared_dir}/mig-{secrets.token_hex(4)}.qcow2"
@@ -104,18 +72,20 @@ class Run:
         self.storage = "shared" if spec.disks[0].shared else "copy"  # (what the disk is)
         self.shared_dir = shared_dir
 
+    @property
+    def route(self) -> str:
+        return f"{self.variant.name} {self.src.name} -> {self.dst.name}"
+
     def execute(self) -> Run:
         """Boot the guest, start its workload and do the hops; returns the run, to check."""
-        src, dst = self.src, self.dst
-        log.info("%s migration %s -> %s (%s storage)", self.variant, src.name, dst.name,
-                 self.storage)
+        log.info("%s migration %s -> %s (%s storage)", self.variant.name, self.src.name,
+                 self.dst.name, self.storage)
         try:
             self._run()
         except BaseException as exc:
-            self._release()  # (its guests stay for the failure's diagnostics; the factory
-            # stops them)
+            self.close()
             if isinstance(exc, KvmError) and self.shared_dir:
-                problem = shared_storage_works(src, dst, self.shared_dir)
+                problem = shared_storage_works(self.src, self.dst, self.shared_dir)
                 if problem:  # the likelier cause, said first
                     raise MigrationError(f"the shared storage failed: {problem}; then: "
                                          f"{exc}") from exc
@@ -129,18 +99,23 @@ class Run:
         self.guest.sh(f"echo {self.token} | dd of=/dev/vda bs=512 conv=fsync 2>/dev/null")
         self.watch.attach(self.guest, "source")
         self.pid = start_counter(self.guest)
-        self.stamp = memstamp.start(self.guest)
+        self.stamp = memstamp.start(self.guest, STAMP_PAGES, STAMP_MS)
         self.beacon = memstamp.start_beacon(self.guest, BEAT_MS)
         self.watch.wait_lines("source", 5, 30)
         self.stamped_before = memstamp.progress(self.guest).generation
-        if variant in DIRTYING:
-            self.dirtying = start_dirtying(self.guest, DIRTYING[variant])
-        for to_host in [dst, src] * (self.forward - 1) + [dst]:
-            self.hop(to_host)
-        # The load served the migration; left running, it would slow every check after it
-        # (seconds per command in a nested guest).
-        if variant in DIRTYING:
-            stop_dirtying(self.guest, self.dirtying)
+        if variant.failure is not None:
+            with self.step(f"{variant.name} {src.name} -> {dst.name}"):
+                self.attempt = attempt(self, variant.failure, dst)
+            # then a migration that must succeed, from wherever the guest is now
+            self.hop(src if self.guest.host is dst and src is not dst else dst)
+        else:
+            dirtying = start_dirtying(self.guest, variant.dirtying) if variant.dirtying else 0
+            for to_host in [dst, src] * (self.forward - 1) + [dst]:
+                self.hop(to_host)
+            # The load served the migration; left running, it would slow every check after
+            # it (seconds per command in a nested guest).
+            if dirtying:
+                stop_dirtying(self.guest, dirtying)
         self.stamped_after = memstamp.progress(self.guest).generation
 
     def hop(self, to_host: Host) -> None:
@@ -151,17 +126,31 @@ class Run:
             mirror_storage(source, dest, stream_to(source.host, dest, self.tls, "nbd"))
         self.watch.wait_beats("source", 100, 30)  # a stretch of beats before it
         started = time.monotonic()
-        options = dict(VARIANT_OPTIONS.get(self.variant, {}))
+        # (a failure path's second migration: a plain one)
+        options = self.variant.options if self.variant.failure is None else Options()
         limit = source.host.entry.config.migration_max_bandwidth
-        if limit and "postcopy" not in options:  # (postcopy sets its own, so precopy lasts)
-            options["max_bandwidth"] = limit * 1024 * 1024
+        if limit and not options.postcopy:  # (postcopy sets its own, so precopy lasts)
+            options = replace(options, max_bandwidth=limit * 1024 * 1024)
         with self.step(f"migrate {source.host.name} -> {to_host.name}"):
             result = migrate(source, dest, stream_to(source.host, dest, self.tls, "migrate"),
-                             **options)
-        self.windows.append((started, time.monotonic(), f"hop {len(self.hops) + 1}"))
-        self.processes.append(to_host.name)
+                             options=options)
         if self.storage == "copy":
             finish_mirror(source, dest)
+        self.arrived(result, started)
+
+    def completed(self, job: Job, info: dict, started: float) -> Migration:
+        """A migration that ``job`` completed outside hop() (a failure path's recovered
+        postcopy): its figures, and the guest on its destination."""
+        result = finish(job, info)
+        self.arrived(result, started)
+        return result
+
+    def arrived(self, result: Migration, started: float) -> None:
+        """The guest runs on the migration's destination: checked, measured, the source
+        stopped, and the destination the source of what follows."""
+        source, dest = result.job.source, result.job.destination
+        self.windows.append((started, time.monotonic(), f"hop {len(self.hops) + 1}"))
+        self.processes.append(dest.host.name)
         result.storage = {"copy": "copy (NBD mirror)", "shared": "shared"}[self.storage]
         wait_running(dest)
         self.watch.wait_lines("destination", 3, 30)
@@ -169,7 +158,6 @@ class Run:
         result.guest_gap_ms = round(self.watch.gap(started) * 1000, 1)
         result.beat_jitter_ms = round(self.watch.jitter(started) * 1000, 1)
         self.hops.append(result)
-        self.sources.append(source)
         self.source_status = source.qmp.execute("query-status")["status"]
         source.stop()
         self.guest = dest
@@ -224,20 +212,19 @@ class Run:
         for k, watch in enumerate(self.watches):
             for line in watch.lines:
                 proc = k if line.side == "source" else k + 1
-                name = f"QEMU {proc + 1} on {self.processes[proc]}"
+                name = f"QEMU {proc + 1} on {self.processes[min(proc, len(self.processes) - 1)]}"
                 if line.count not in first or line.arrived < first[line.count][0]:
                     first[line.count] = (line.arrived, line.count, name)
         return sorted(first.values())
 
     def close(self) -> None:
-        """After the checks: the last guest stopped, then its files removed."""
-        self.guest.stop()
-        self._release()
-
-    def _release(self) -> None:
+        """The run's files on shared storage removed, its consoles closed (its guests are the
+        factory's: its scope stops them)."""
         self.watch.close()
         for host, path in self.cleanup:  # (storage that went away must not hide the error)
             try:
                 host.run(["rm", "-f", path], check=False, timeout=60)
             except KvmError as exc:
                 log.warning("%s: could not remove %s: %s", host.name, path, exc)
+        self.cleanup.clear()
+

@@ -12,7 +12,6 @@ from ...errors import KvmError
 from ...guest import Guest
 from ...host import Host
 from .migrate import Stream
-from .tls import tls_creds
 
 log = logging.getLogger("pytest_kvm.migration")
 
@@ -68,7 +67,7 @@ def serve_nbd(destination: Guest, stream: Stream, node: str = "disk0") -> str:
     export = f"pytest-kvm-{secrets.token_hex(12)}"
     server = {}
     if stream.tls is not None:
-        server["tls_creds"] = tls_creds(destination, stream.tls, "server")
+        server["tls_creds"] = stream.tls.creds(destination, "server")
     addr = stream.socket()
     destination.qmp.execute("nbd-server-start", addr={
         "type": addr["type"], "data": {k: v for k, v in addr.items() if k != "type"}}, **server)
@@ -85,7 +84,7 @@ def mirror_storage(source: Guest, destination: Guest, stream: Stream,
     export = serve_nbd(destination, stream, node)
     client: dict = {}
     if stream.tls is not None:
-        client = {"tls_creds": tls_creds(source, stream.tls, "client"),
+        client = {"tls_creds": stream.tls.creds(source, "client"),
                   "tls_hostname": stream.address}
     source.qmp.execute("blockdev-add", driver="nbd", node_name="mirror-" + node,
                        server=stream.socket(), export=export, **client)

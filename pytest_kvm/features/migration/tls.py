@@ -30,6 +30,7 @@ class MigrationTls:
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
         self.dir = tempfile.mkdtemp(prefix="pytest-kvm-tls-")
+        self._held: dict[str, str] = {}  # a guest's run dir -> the endpoint its QEMU holds
         now = datetime.datetime.now(datetime.UTC)
         day = datetime.timedelta(days=1)
 
@@ -92,19 +93,19 @@ class MigrationTls:
                           endpoint=endpoint, verify_peer=True)
         return self.CREDS
 
+    def creds(self, guest: Guest, endpoint: str) -> str:
+        """The guest's credentials object for ``endpoint``, added once (a destination that
+        becomes a source, as in ping-pong, trades its server credentials for client ones)."""
+        held = self._held.get(guest.rundir)
+        if held != endpoint:
+            if held is not None:
+                guest.qmp.execute("object-del", id=self.CREDS)
+            self.install(guest, endpoint)
+            self._held[guest.rundir] = endpoint
+        return self.CREDS
+
     def close(self) -> None:
         import shutil
 
         shutil.rmtree(self.dir, ignore_errors=True)
 
-
-def tls_creds(guest: Guest, tls: MigrationTls, endpoint: str) -> str:
-    """The guest's TLS credentials object for ``endpoint``, added once (a destination that
-    becomes a source, as in ping-pong, trades its server credentials for client ones)."""
-    held = getattr(guest, "_tls_endpoint", None)
-    if held != endpoint:
-        if held is not None:
-            guest.qmp.execute("object-del", id=MigrationTls.CREDS)
-        tls.install(guest, endpoint)
-        guest._tls_endpoint = endpoint  # noqa: SLF001 - remembered on the guest it belongs to
-    return MigrationTls.CREDS

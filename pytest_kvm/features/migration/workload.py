@@ -11,18 +11,21 @@ import time
 from dataclasses import dataclass
 
 from ...errors import GUEST_MAX_LINE
-from ...guest import Guest
+from ...guest import Guest, memstamp
 from ...waiting import wait_until
 
 log = logging.getLogger("pytest_kvm.migration")
 
 COUNTER_LOG = "/tmp/counter.log"
-COUNTER = ("sh -c 'i=0; while true; do i=$((i+1)); "
-           "echo \"PKVM-COUNT $i $$ $(cut -d\" \" -f1 /proc/uptime)\" | tee -a " + COUNTER_LOG + "; "
-           "sleep 0.2; done' > /dev/hvc0 2>/dev/null &")
+COUNTER_MS = 200  # the counter's period
 LINE_RE = re.compile(r"PKVM-COUNT (\d+) (\d+) ([\d.]+)")
 BEAT_RE = re.compile(r"PKVM-BEAT (\d+)")
-BEAT_MS = 5  # the heartbeat's period: the guest-observed gap's resolution
+BEAT_MS = 10  # the heartbeat's period: the guest-observed gap's resolution
+# memstamp's region and pace: every page is rewritten each pass, so the region is memory the
+# migration sends again every pass it spans (256 pages every 100 ms made a nested guest's
+# precopy miss its downtime limit on a slow link)
+STAMP_PAGES = 64
+STAMP_MS = 200
 # In the background with its output elsewhere: a job that kept the command's output open would
 # keep an exec channel (the guest agent, SSH) waiting for its end.
 DIRTY_FILE = "/dev/shm/dirty"
@@ -142,8 +145,10 @@ def _largest_interval(arrivals: list[float], start: float, end: float) -> float:
 
 
 def start_counter(guest: Guest) -> int:
-    """Start the workload; returns its PID in the guest."""
-    guest.sh(f"rm -f {COUNTER_LOG}; " + COUNTER)
+    """Start the workload (beacon.c in its counter mode: a line every COUNTER_MS to the
+    guest's virtio console and to COUNTER_LOG, no fork); returns its PID in the guest."""
+    guest.sh(f"rm -f {COUNTER_LOG}")
+    memstamp.start_beacon(guest, COUNTER_MS, count_to=COUNTER_LOG)
     line = wait_until(lambda: LINE_RE.search(guest.sh(f"tail -n1 {COUNTER_LOG} 2>/dev/null; "
                                                       "true")),
                       20, f"{guest!r}: the counter workload's first line", step=0.2)

@@ -180,6 +180,11 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_sep("-", "kvm guests: how their commands went")
         for guest, channel in sorted(kvm.channels.items()):
             terminalreporter.write_line(f"{guest}: {channel}")
+    if kvm is not None and kvm.strays_removed:
+        terminalreporter.write_sep("=", "kvm strays: guests of this run nobody stopped, "
+                                   "removed before a boot")
+        for line in kvm.strays_removed:
+            terminalreporter.write_line(line)
     reruns = terminalreporter.config.stash.get(RERUNS_KEY, [])
     if reruns:
         terminalreporter.write_sep("=", "kvm reruns (kvm_reruns: a guest died or hung)")

@@ -57,25 +57,29 @@ def test_the_guest_runs_where_it_should(survived):
     on the destination."""
     attempt = survived.attempt
     if survived.variant.failure.ends_on == "source":
-        assert attempt.source_status == "running", attempt
+        assert attempt.source_status == "running", (
+            f"after the failure the source is '{attempt.source_status}', not running")
     else:
-        assert attempt.result is not None and attempt.both_paused, attempt
+        assert attempt.result is not None and attempt.both_paused, (
+            f"the postcopy did not pause on both ends and recover: {attempt.statuses}")
 
 
 def test_the_source_paused_only_where_postcopy_switches(survived):
     """No STOP on the source during a failed precopy (its guest never paused); one, the
     switch, in a postcopy."""
-    attempt = survived.attempt
-    assert attempt.source_stops == survived.variant.failure.source_stops, attempt
+    attempt, expected = survived.attempt, survived.variant.failure.source_stops
+    assert attempt.source_stops == expected, (
+        f"the source stopped {attempt.source_stops} time(s) during the attempt, not {expected}")
 
 
 def test_the_failed_destination_is_gone_and_nothing_is_left(survived):
     """The failed destination's QEMU (after a cancel, gone by itself), its run dir, a relay,
     a link taken down: none of it is left on either host."""
     attempt = survived.attempt
-    assert attempt.leftovers == [], attempt.leftovers
+    assert attempt.leftovers == [], f"left behind: {attempt.leftovers}"
     if survived.variant.name == "cancel":
-        assert attempt.destination_went_by_itself, attempt.destination_gone
+        assert attempt.destination_went_by_itself, (
+            f"the destination did not exit by itself: {attempt.destination_gone}")
 
 
 def test_the_next_migration_succeeds(survived):

@@ -259,6 +259,10 @@ def attempt(run: Run, failure: Failure, to_host: Host) -> Attempt:
     seen.leftovers += (fault.cut.leftovers() if fault.cut else []) + _left_of(
         dest if seen.result is None else source)
     log.info("%s: %s: %s", run.route, failure.name, seen)
+    if seen.result is None and seen.source_status not in ("running", "paused"):
+        raise MigrationError(f"{run.route}: the guest was lost: after {failure.name} it runs "
+                             f"neither on the source (its status: '{seen.source_status}') nor "
+                             f"on the destination ({seen.destination_gone}); {seen.error}")
     return seen
 
 

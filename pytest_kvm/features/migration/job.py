@@ -115,9 +115,12 @@ class Watchdog:
     """Says when a migration QEMU still calls active (or postcopy-active) has failed.
 
     * **stalled**: no byte moved for ``stall_s`` seconds (the link is gone);
-    * **not converging** (precopy): the bytes remaining made no new low (a fifth below the
-      last) for ``max(window_s, 3 passes)`` after the bulk pass, while auto-converge is off or
-      at its ceiling;
+    * **not converging** (precopy): the guest dirties memory at least as fast as the link
+      carries it (QEMU's dirty rate against the bytes the link carried) and the bytes
+      remaining made no new low (a tenth below the last) for ``max(window_s, 3 passes)``
+      after the bulk pass, while auto-converge is off or at its ceiling (a migration that is
+      slow but whose guest dirties less than the link carries converges, in time: the
+      deadline below bounds it);
     * **too slow**: past a deadline from the RAM to send at the rate the link carried
       (``slack`` times that, plus ``grace_s``), renewed with every sample.
     Rates are the controller's own (transferred bytes over the last samples), not QEMU's
@@ -196,7 +199,7 @@ class Watchdog:
             return None
         if self._bulk_end is None:
             self._bulk_end = (s.at, s.syncs)
-        if self._low is None or s.remaining < 0.8 * self._low:
+        if self._low is None or s.remaining < 0.9 * self._low:
             self._low, self._low_at = s.remaining, s.at
         passes = s.syncs - self._bulk_end[1]
         per_pass = (s.at - self._bulk_end[0]) / passes if passes else 0.0
@@ -205,6 +208,8 @@ class Watchdog:
             return None
         if self.auto_converge and s.throttle < self.THROTTLE_CEILING:
             return None  # it is still slowing the guest down
+        if s.dirty_rate * s.page_size < 0.9 * self.rate(max(window, 3.0)):
+            return None  # the link outruns the guest: slow, but converging
         return NotConverging(self.explain(s, window), self.figures(s))
 
     def explain(self, s: Sample, window: float) -> str:
@@ -255,8 +260,8 @@ class Job:
         self.statuses: list[tuple[float, str]] = []
         self.switched = False  # migrate-start-postcopy was sent
         self.postcopy_active_seen = False
-        self.paused_at: float | None = None  # when both ends were paused (postcopy)
-        self.recovered_at: float | None = None
+        self.paused_at: float | None = None  # since when a postcopy is paused (None: not)
+        self.recovered_at: float | None = None  # when it last recovered
         self.verdict: MigrationError | None = None  # what the watchdog said
         self.verdict_at: float | None = None
         self.downtime_limit_ms = 300
@@ -361,7 +366,6 @@ class Job:
                 guest.qmp.execute("migrate-pause", oob=True)
             except KvmError as exc:  # (one end may have seen the break and paused itself)
                 log.info("%s: migrate-pause on %s: %s", self.route, guest.host.name, exc)
-        self.paused_at = time.monotonic()
 
     def incoming_status(self) -> str:
         """The destination's migration status, from its MIGRATION events: a postcopy
@@ -401,14 +405,17 @@ class Job:
                 break
             if self._postcopy_step(s):
                 continue
-            if s.status == "postcopy-paused":
-                if self.paused_at is None:
-                    self.paused_at = s.at
-                if s.at >= next_recovery:
+            if s.status in ("postcopy-paused", "postcopy-recover"):
+                self.paused_at = self.paused_at or s.at
+                self._give_up_after_recover_within(s)
+                if s.status == "postcopy-paused" and s.at >= next_recovery:
                     next_recovery = s.at + self.RECOVER_EVERY_S
-                    self._try_recovery(s)
+                    self._try_recovery()
                 time.sleep(self.POLL_S)
                 continue
+            if self.paused_at is not None:  # back to postcopy-active: recovered
+                self.recovered_at, self.paused_at = s.at, None
+                log.info("%s: postcopy recovered", self.route)
             verdict = dog.judge(s)
             if verdict is not None:
                 self.verdict, self.verdict_at = verdict, s.at
@@ -438,29 +445,29 @@ class Job:
             return True
         return False
 
-    def _try_recovery(self, s: Sample) -> None:
-        if self.paused_at is not None and s.at - self.paused_at > self.RECOVER_WITHIN_S:
+    def _give_up_after_recover_within(self, s: Sample) -> None:
+        if s.at - self.paused_at > self.RECOVER_WITHIN_S:
             raise MigrationError(
                 f"migration {self.route}: postcopy paused for {s.at - self.paused_at:.0f} s "
                 "and no new stream could be made: the guest's memory is split between "
                 "the two hosts and neither can run it alone; recover it with migrate-recover "
                 "on the destination and migrate with resume on the source once the link is "
                 "back (both QEMUs are left as they are)")
-        if self.restream is None or self.incoming_status() != "postcopy-paused":
-            return
+
+    def _try_recovery(self) -> None:
+        """A new stream for a paused postcopy: the destination, when paused too, listens on
+        a new one; one still listening (its last recovery's source never connected) is
+        connected to again. The loop in wait() sees whether it took (postcopy-active), and
+        tries again RECOVER_EVERY_S later if the source fell back to postcopy-paused."""
+        incoming = self.incoming_status()
         try:
-            self.recover(self.restream(f"recover{len(self.statuses)}"))
+            if incoming == "postcopy-paused" and self.restream is not None:
+                self.recover(self.restream(f"recover{len(self.statuses)}"))
+            elif incoming == "postcopy-recover":
+                log.info("%s: resuming over %s again", self.route, self.via.uri())
+                self.source.qmp.execute("migrate", uri=self.via.uri(), resume=True)
         except KvmError as exc:
             log.info("%s: recovery not yet: %s", self.route, exc)
-            return
-        back = first_within(lambda: (st := self.sample().status) in (
-            "postcopy-active", "completed", "postcopy-paused") and st, 15,
-            f"{self.route}: the recovered postcopy", step=0.1)
-        if back in ("postcopy-active", "completed"):
-            self.recovered_at = time.monotonic()
-            log.info("%s: postcopy recovered", self.route)
-        else:  # still trying to connect: kicked back to paused for the next try
-            self.pause()
 
     def destination_fate(self, wait: float = 0) -> str:
         """What became of the destination QEMU, for a failure's message ("" while it runs):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 from ...errors import KvmError
 from ...guest import Guest
@@ -51,7 +51,8 @@ class Migration:
     job: object = field(default=None, repr=False, compare=False)  # the Job it came from
 
     def properties(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("extra", "job")}
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("extra", "job")}
 
     def fill(self, info: dict, stream: str, multifd_channels: int) -> None:
         """The completed migration's figures, from the source's last query-migrate."""

@@ -217,8 +217,14 @@ def build_micro(kernel: str | None = None, modules_dir: str | None = None,
     version = mdir.name
     init = INIT.replace("@READY@", READY_MARKER).replace("@SHELL@", SHELL_PORT).encode()
     mods = module_closure(mdir, MODULES)
+    from . import memstamp  # (it builds the guest's programs; it needs this module's cache)
+
+    # the guest's own programs, where memstamp.install looks first: no base64 round trips
+    programs = {f"{memstamp.GUEST_DIR}/pkvm-{name}".lstrip("/"): memstamp.binary(name)
+                for name in memstamp.PROGRAMS}
     key = _digest(BUILDER_VERSION.encode(), kpath.read_bytes(), Path(BUSYBOX).read_bytes(),
-                  init, PROFILE.encode(), HOSTROOT.encode(), "\n".join(mods).encode())
+                  init, PROFILE.encode(), HOSTROOT.encode(), "\n".join(mods).encode(),
+                  *programs.values())
     out = cache_root() / "images" / key
     image = MicroImage(str(out / "vmlinuz"), str(out / "initrd.cpio"), version)
     if (out / ".done").exists():
@@ -246,6 +252,8 @@ def build_micro(kernel: str | None = None, modules_dir: str | None = None,
             cpio.file("etc/pkvm-hostroot.sh", HOSTROOT.encode())
             cpio.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
             cpio.file("etc/group", b"root:x:0:\n")
+            for path, data in programs.items():
+                cpio.file(path, data, 0o755)
             for path in sorted(Path(tmp, "lib").rglob("*")):
                 rel = str(path.relative_to(tmp))
                 if path.is_dir():

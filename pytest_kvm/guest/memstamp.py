@@ -40,6 +40,7 @@ START_RE = re.compile(r"PKVM-MEM START pid=(\d+) addr=(0x[0-9a-f]+) pages=(\d+)"
 STATUS_RE = re.compile(r"PKVM-MEM GEN (\d+) BAD (\d+)")
 REPORT_RE = re.compile(r"PKVM-MEM (?:BAD|ERROR) .*")  # a bad page; the program's own error
 CHUNK = 1024  # base64 characters per command (a tty reads at most 4095 per line)
+PROGRAMS = ("memstamp", "beacon")  # (the micro guest carries them: see image.build_micro)
 
 
 def binary(name: str = "memstamp") -> bytes:

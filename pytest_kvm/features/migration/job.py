@@ -141,7 +141,8 @@ class Watchdog:
         self.started: float | None = None
         self.samples: list[Sample] = []
         self._moved_at = 0.0  # when transferred last grew
-        self._low: int | None = None  # the lowest remaining after the bulk pass
+        self._pass = (0, 0)  # (syncs, remaining) at the start of the pass under way
+        self._low: int | None = None  # the least a pass started with, after the bulk pass
         self._low_at = 0.0
         self._bulk_end: tuple[float, int] | None = None  # (at, syncs) when the bulk pass ended
 
@@ -195,12 +196,17 @@ class Watchdog:
         return deadline
 
     def _not_converging(self, s: Sample) -> NotConverging | None:
+        """Judged on what each pass starts with (the bytes remaining at the first sample
+        after a dirty-bitmap sync: what the guest dirtied during the last pass, which QEMU
+        weighs against its downtime limit); within a pass the remaining bytes only fall."""
         if s.syncs < 2:  # the bulk pass: every page once
             return None
         if self._bulk_end is None:
             self._bulk_end = (s.at, s.syncs)
-        if self._low is None or s.remaining < 0.9 * self._low:
-            self._low, self._low_at = s.remaining, s.at
+        if s.syncs != self._pass[0]:
+            self._pass = (s.syncs, s.remaining)
+            if self._low is None or s.remaining < 0.9 * self._low:
+                self._low, self._low_at = s.remaining, s.at
         passes = s.syncs - self._bulk_end[1]
         per_pass = (s.at - self._bulk_end[0]) / passes if passes else 0.0
         window = max(self.WINDOW_S, 3 * per_pass)
@@ -216,14 +222,15 @@ class Watchdog:
         rate = self.rate(max(window, 3.0))
         dirty = s.dirty_rate * s.page_size
         can_leave = rate * self.downtime_limit_ms / 1000
-        needed_ms = 1000 * s.remaining / rate if rate else float("inf")
+        again = self._pass[1]  # what the last pass started with
+        needed_ms = 1000 * again / rate if rate else float("inf")
         what = [f"a downtime limit of {needed_ms:.0f} ms or more" if rate else None,
                 f"a link faster than {_mib(dirty)}/s" if dirty > rate else None,
                 "auto-converge (throttles the guest's vCPUs)" if not self.auto_converge
                 else None,
                 "postcopy (the guest runs on the destination while the rest is pulled)"]
-        return (f"does not converge: {_mib(s.remaining)} remaining after "
-                f"{s.at - self.started:.0f} s and {s.syncs - 1} passes (no new low for "
+        return (f"does not converge: {_mib(again)} remaining at the start of the last of "
+                f"{s.syncs - 1} passes in {s.at - self.started:.0f} s (no new low for "
                 f"{window:.0f} s); the guest dirties {s.dirty_rate} pages/s "
                 f"({_mib(dirty)}/s), the link carries {_mib(rate)}/s, and the "
                 f"{self.downtime_limit_ms} ms downtime limit lets it finish with at most "
@@ -232,7 +239,7 @@ class Watchdog:
                 + "; it would converge with " + ", or ".join(w for w in what if w))
 
     def figures(self, s: Sample) -> dict:
-        return {"remaining_bytes": s.remaining, "dirty_pages_rate": s.dirty_rate,
+        return {"remaining_bytes": self._pass[1] or s.remaining, "dirty_pages_rate": s.dirty_rate,
                 "throughput_bytes_s": round(self.rate()), "downtime_limit_ms":
                 self.downtime_limit_ms, "elapsed_s": round(s.at - (self.started or s.at), 1)}
 

@@ -61,7 +61,8 @@ def test_a_guest_dirtying_faster_than_the_link_does_not_converge_and_the_figures
     assert isinstance(verdict, NotConverging), verdict
     assert at.at < 30, at  # two passes after the bulk one, then a window of no new low
     text = str(verdict)
-    for part in (r"20\.0 MiB remaining at the start of the last of \d+ passes", r"3000 pages/s \(11\.7 MiB/s\)", r"carries 8\.0 MiB/s",
+    for part in (r"20\.0 MiB remaining at the start of the last of \d+ passes",
+                 r"3000 pages/s \(11\.7 MiB/s\)", r"carries 8\.0 MiB/s",
                  r"300 ms downtime limit lets it finish with at most 2\.4 MiB left",
                  r"a downtime limit of 2500 ms or more", r"a link faster than 11\.7 MiB/s",
                  r"auto-converge", r"postcopy"):

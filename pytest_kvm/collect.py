@@ -4,6 +4,8 @@ where its hosts allow (kvm_reruns)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from . import inventory as inv
@@ -24,6 +26,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             reason=NO_INVENTORY))], ids=["no-inventory"], indirect=True, scope="module")
         return
     names = suite_hosts(session.inventory, suite)
+    if not names:  # (an empty parameter set would be pytest's NOTSET item; this one is ours)
+        used = "kvm_pair" if "kvm_pair" in metafunc.fixturenames else "kvm_host"
+        metafunc.parametrize(used, [pytest.param(None, marks=(
+            pytest.mark.skip(reason=no_host_runs(session.inventory, suite)),
+            pytest.mark.kvm_no_host))], ids=["no-host"], indirect=True, scope="module")
+        return
     if "kvm_pair" in metafunc.fixturenames:
         # One test per (source, destination): each host with its kvm_migration_peer, or
         # with itself (two QEMU processes on one host).
@@ -40,7 +48,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if not pairs:
             metafunc.parametrize(["kvm_host", "kvm_pci"], [pytest.param(None, None, marks=(
                 pytest.mark.skip(reason=f"no host in {session.inventory.path} names a device "
-                                        f"in {key}")))], ids=[f"no-{key}"],
+                                        f"in {key} (considered: {', '.join(names)})"),
+                pytest.mark.kvm_no_host))], ids=[f"no-{key}"],
                 indirect=["kvm_host"], scope="module")
             return
         metafunc.parametrize(["kvm_host", "kvm_pci"], pairs,
@@ -67,6 +76,35 @@ def declared_suite(metafunc: pytest.Metafunc) -> registry.Suite | None:
     return suite
 
 
+def no_host_runs(inventory, suite: registry.Suite) -> str:
+    """Why no host runs the suite: the hosts considered and the suites each takes part in."""
+    said = [f"{n} ({','.join(e.config.suites) or 'none'})" for n, e in
+            sorted(inventory.hosts.items()) if e.config.suites is not None]
+    shown = ", ".join(said[:8]) + (f" and {len(said) - 8} more" if len(said) > 8 else "")
+    return (f"no host of {inventory.path} takes part in suite {suite.name!r}: "
+            f"{len(inventory.hosts)} host(s) considered, "
+            + (f"their kvm_suites: {shown}" if said else "none of them") +
+            f"; add {suite.name} to a host's kvm_suites")
+
+
+def _deselect_suites_of_no_host(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A suite no host runs is not collected; a module named on the command line keeps one
+    of its checks, skipped, saying why."""
+    named = {os.path.abspath(a.split("::")[0]) for a in config.args}
+    kept, dropped, shown = [], [], set()
+    for item in items:
+        if item.get_closest_marker("kvm_no_host") is None:
+            kept.append(item)
+        elif str(item.path) in named and item.path not in shown:
+            shown.add(item.path)
+            kept.append(item)
+        else:
+            dropped.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 def suite_hosts(inventory, suite: registry.Suite | None) -> list[str]:
     """The hosts a suite runs on: those whose kvm_suites names it (all, for a test of no
     suite). Sorted, so that xdist workers agree."""
@@ -85,6 +123,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     session = config.stash.get(SESSION_KEY, None)
     if session is None:
         return
+    _deselect_suites_of_no_host(config, items)
     if reporting.active(config):
         reporting.label_items(items)
     for item in items:

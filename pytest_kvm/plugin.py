@@ -133,6 +133,8 @@ def _run_identity() -> tuple[Owner, str]:
 
 @pytest.hookimpl(tryfirst=True)  # before allure-pytest reads --alluredir
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "kvm_no_host: (pytest-kvm's own) a check of a suite "
+                            "that no inventory host runs, left out of the run")
     config.addinivalue_line("markers", "kvm_suite(name): the suite this module belongs to, "
                             "declared in pytest_kvm.registry (hosts take part through the "
                             "inventory key kvm_suites)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from pytest_kvm.features.migration.job import (
+from pytest_kvm.features.migration.watchdog import (
     MIB,
     LinkStalled,
     MigrationError,

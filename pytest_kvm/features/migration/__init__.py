@@ -13,7 +13,7 @@ around the switch is the gap the guest lived through (its clock stops while it i
 resolved to BEAT_MS, next to QMP's downtime.
 
 The package, by job: ``workload`` (the counter, the heartbeat reader, the dirtying load),
-``job`` (a migration in flight and the watchdog that decides when it failed), ``migrate`` (one
+``job`` (a migration in flight), ``watchdog`` (what decides when one failed), ``migrate`` (one
 migration over QMP, its stream and what it did), ``storage`` (shared storage, the NBD mirror),
 ``tls`` (the run's certificates), ``link`` (cutting a stream's link on purpose), ``failures``
 (the failure paths), ``variants`` (every variant, declared once), ``run`` (a variant's hops,
@@ -23,7 +23,7 @@ checked by many tests).
 from __future__ import annotations
 
 from .failures import FAILURES, Attempt, Failure
-from .job import Job, LinkStalled, MigrationError, MigrationUnsupported, NotConverging, Options
+from .job import Job, Options
 from .link import Cut, LinkDown, cuttable
 from .migrate import (
     FIGURES,
@@ -46,6 +46,7 @@ from .storage import (
 )
 from .tls import MigrationTls
 from .variants import BY_NAME, VARIANTS, Variant, variant_names, variant_problem
+from .watchdog import LinkStalled, MigrationError, MigrationUnsupported, NotConverging, Watchdog
 from .workload import (
     BEAT_MS,
     COUNTER_LOG,
@@ -74,5 +75,5 @@ __all__ = [
     "address_of", "counter_log", "cuttable", "disk_node", "finish_mirror", "migrate",
     "mirror_storage", "port", "serve_nbd", "shared_storage", "shared_storage_works",
     "start_counter", "start_dirtying", "stop_dirtying", "stream_to", "variant_names",
-    "variant_problem", "wait_running",
+    "variant_problem", "wait_running", "Watchdog",
 ]

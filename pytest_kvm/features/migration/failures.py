@@ -25,9 +25,10 @@ from ...guest import Guest
 from ...host import Host
 from ...waiting import first_within
 from ..compat import another_machine
-from .job import MIB, Job, MigrationError, Options, Sample
+from .job import Job, Options
 from .link import Cut, cuttable
 from .migrate import Migration, stream_to
+from .watchdog import MIB, MigrationError, Sample
 from .workload import start_dirtying, stop_dirtying
 
 if TYPE_CHECKING:

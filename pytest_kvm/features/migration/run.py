@@ -14,11 +14,12 @@ from ...guest import Guest, GuestSpec, memstamp
 from ...host import Host
 from ...waiting import wait_until
 from .failures import Attempt, attempt
-from .job import Job, MigrationError, Options
+from .job import Job, Options
 from .migrate import FIGURES, Migration, finish, migrate, stream_to, wait_running
 from .storage import finish_mirror, mirror_storage, shared_storage_works
 from .tls import MigrationTls
 from .variants import BY_NAME, Variant
+from .watchdog import MigrationError
 from .workload import (
     BEAT_MS,
     STAMP_MS,

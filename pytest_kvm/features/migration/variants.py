@@ -9,8 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .failures import FAILURES, Failure
-from .job import MIB, Options
+from .job import Options
 from .migrate import Migration
+from .watchdog import MIB
 
 Proof = Callable[[list[Migration]], str | None]  # None when the hops show the variant
 

@@ -150,7 +150,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     for message in inventory.warnings:
         config.issue_config_time_warning(pytest.PytestConfigWarning(message), stacklevel=2)
-    reporting.default_results_dir(config)
+    if not _touches_no_host(config):  # (a listing writes nothing: no results, no figures)
+        reporting.default_results_dir(config)
     owner, worker = _run_identity()
     config.stash[SESSION_KEY] = KvmSession(inventory, owner, worker,
                                            keep_failed=config.getoption("kvm_keep_failed"))

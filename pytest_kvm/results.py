@@ -156,7 +156,8 @@ def junit_xml(config: pytest.Config):
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config  # junitxml made its LogXML at configure time
-    if config.stash.get(SESSION_KEY, None) is None or hasattr(config, "workerinput"):
+    if (config.stash.get(SESSION_KEY, None) is None or hasattr(config, "workerinput")
+            or config.option.collectonly):  # (a listing writes nothing)
         return
     xml = junit_xml(config)
     path = config.getoption("kvm_figures", None)

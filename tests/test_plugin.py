@@ -94,6 +94,21 @@ def test_listing_touches_no_host(suite, listing):
         assert "test_kernel[dead-virtio_net]" in r.stdout
 
 
+@pytest.mark.parametrize("listing", ["--collect-only", "--fixtures", "--help"])
+def test_listing_writes_nothing(suite, listing):
+    """A listing leaves the last run's results as they were (compare reads its figures)."""
+    results = suite / "reports" / "allure-results"
+    results.mkdir(parents=True)
+    (results / "kvm-figures.json").write_text('{"format": 1, "tests": {"x": {}}}')
+    (results / "last-run-result.json").write_text("{}")
+    (suite / "lab.ini").write_text("[x]\nlocalhost ansible_connection=local\n")
+    before = sorted(p for p in suite.rglob("*") if "__pycache__" not in str(p))
+    r = pytest_run(["--kvm-hosts", "lab.ini", listing], suite, timeout=20)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(p for p in suite.rglob("*") if "__pycache__" not in str(p)) == before
+    assert (results / "kvm-figures.json").read_text() == '{"format": 1, "tests": {"x": {}}}'
+
+
 def test_inert_without_an_inventory(tester):
     r = tester.runpytest("-v", "-rs")
     out = r.stdout.str()

@@ -49,8 +49,11 @@ def _parser() -> argparse.ArgumentParser:
                          description="Compare the figures of two runs, per test and figure: "
                          "medians, relative change of the mean, permutation-test p-value, and "
                          "a verdict that follows each figure's direction. A and B: an Allure "
-                         "results directory, a JUnit .xml or a kvm-figures.json. Exit status 1 "
-                         "when anything regressed, 2 when the runs cannot be compared.")
+                         "results directory, a JUnit .xml or a kvm-figures.json. Exit status: "
+                         "0 nothing regressed, 1 something regressed, 2 an error (the runs "
+                         "cannot be compared, an output cannot be written), 3 nothing could "
+                         "be judged (too few samples on every figure measured on both "
+                         "sides: --kvm-samples).")
     cmp.add_argument("a", metavar="A", help="the reference run's results")
     cmp.add_argument("b", metavar="B", help="the run under judgement's results")
     cmp.add_argument("--alpha", type=float, default=0.01, metavar="P",
@@ -82,11 +85,16 @@ def compare(args: argparse.Namespace) -> int:
         print(f"compare: {exc}", file=sys.stderr)
         return 2
     print(ab.table(result))
-    md, js = ab.write(result, Path(args.out))
-    print(f"written: {md}, {js}")
-    if args.allure_result:
-        print(f"written: {ab.allure_result(result, Path(args.allure_result), args.name)}")
-    return 1 if result.regressions else 0
+    try:
+        md, js = ab.write(result, Path(args.out))
+        print(f"written: {md}, {js}")
+        if args.allure_result:
+            print(f"written: {ab.allure_result(result, Path(args.allure_result), args.name)}")
+    except OSError as exc:  # (--out naming a file, or a path through one)
+        print(f"compare: cannot write the comparison to {exc.filename or args.out}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    return 1 if result.regressions else 3 if result.judged_nothing else 0
 
 
 def image(args: argparse.Namespace) -> int:
@@ -134,6 +142,16 @@ def inventory(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # (`... --list | head`: the reader is gone, nothing to say)
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "image":
         return image(args)

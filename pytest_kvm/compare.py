@@ -62,6 +62,18 @@ class Comparison:
     def regressions(self) -> list[Row]:
         return [r for r in self.rows if r.verdict == REGRESSION]
 
+    @property
+    def unjudgeable(self) -> list[Row]:
+        """Rows measured on both sides whose samples are too few to ever reach p < alpha."""
+        return [r for r in self.rows if r.a and r.b and r.verdict == SAME
+                and smallest_p(r.a.n, r.b.n) >= self.alpha]
+
+    @property
+    def judged_nothing(self) -> bool:
+        """Nothing measured on both sides could reach significance (and nothing regressed)."""
+        both = [r for r in self.rows if r.a and r.b and r.verdict != INCOMPARABLE]
+        return bool(both) and len(self.unjudgeable) == len(both) and not self.regressions
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for row in self.rows:
@@ -78,6 +90,15 @@ def _relative(a: float, b: float) -> float:
     if a == 0:
         return 0.0 if b == 0 else float("inf") if b > 0 else float("-inf")
     return (b - a) / abs(a)
+
+
+def samples_for(alpha: float) -> int:
+    """How many samples a side needs (as many on both) for a permutation test to be able to
+    give p < alpha at all."""
+    n = 1
+    while smallest_p(n, n) >= alpha:
+        n += 1
+    return n
 
 
 def smallest_p(n_a: int, n_b: int) -> float:
@@ -187,8 +208,16 @@ def _summary(c: Comparison) -> str:
     counts = c.counts()
     parts = [f"{counts[v]} {v}" for v in (REGRESSION, IMPROVEMENT, SAME, ONLY_A, ONLY_B,
                                           INCOMPARABLE) if counts.get(v)]
-    return (f"{len(c.rows)} figures: " + ", ".join(parts) + f" (p < {c.alpha:g} and a change "
+    line = (f"{len(c.rows)} figures: " + ", ".join(parts) + f" (p < {c.alpha:g} and a change "
             f"of at least {c.min_change * 100:g}% of the mean)")
+    few = c.unjudgeable
+    if few:
+        n = samples_for(c.alpha)
+        line += (f"; {len(few)} of them could not be judged: too few samples to reach "
+                 f"p < {c.alpha:g} ({n} against {n} would: --kvm-samples {n})")
+    if c.judged_nothing:
+        line += "; NOTHING COULD BE JUDGED"
+    return line
 
 
 def table(c: Comparison) -> str:
@@ -226,6 +255,7 @@ def as_json(c: Comparison) -> dict:
 
     return {"a": c.a, "b": c.b, "alpha": c.alpha, "min_change": c.min_change,
             "counts": c.counts(), "regressions": len(c.regressions),
+            "unjudgeable": len(c.unjudgeable), "judged_nothing": c.judged_nothing,
             "rows": [{k: clean(v) for k, v in asdict(r).items()} for r in c.rows]}
 
 

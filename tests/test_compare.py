@@ -166,3 +166,37 @@ def test_allure_junit_and_figures_file_read_the_same(pytester):
         out.append(json.loads((pytester.path / "o" / "compare.json").read_text())["rows"])
     assert out[0] == out[1] == out[2]
     assert out[0][0]["a"]["samples"] == LOW and out[0][0]["verdict"] == "regression"
+
+
+def test_nothing_judged_has_an_exit_status_of_its_own_and_says_how_many_samples_would(pytester):
+    """The default (--kvm-samples 1): 1 against 1 at +200 %, 3 against 3 at +182 %: neither
+    can reach p < 0.01, the summary says so and how many would, exit status 3."""
+    a = run_of(pytester, "A", {"x": {"once": [[100.0], "ms", "lower"],
+                                     "thrice": [[100.0, 101.0, 99.0], "ms", "lower"]}})
+    b = run_of(pytester, "B", {"x": {"once": [[300.0], "ms", "lower"],
+                                     "thrice": [[282.0, 283.0, 281.0], "ms", "lower"]}})
+    r = compare(str(a), str(b), cwd=pytester.path)
+    assert r.returncode == 3, r.stdout + r.stderr
+    summary = r.stdout.splitlines()[-2]  # (then the files written)
+    assert ("2 of them could not be judged: too few samples to reach p < 0.01 (5 against 5 "
+            "would: --kvm-samples 5); NOTHING COULD BE JUDGED") in summary, summary
+    report = json.loads((pytester.path / "reports" / "compare" / "compare.json").read_text())
+    assert report["judged_nothing"] is True and report["unjudgeable"] == 2
+
+
+def test_an_output_that_cannot_be_written_is_one_line_with_status_2(pytester):
+    a = run_of(pytester, "A", {"x": {"t": [LOW, "ms", "lower"]}})
+    (pytester.path / "a-file").write_text("")
+    for out in ("a-file", "a-file/below"):
+        r = compare(str(a), str(a), "--out", out, cwd=pytester.path)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+        assert r.stderr.startswith("compare: cannot write the comparison to "), r.stderr
+
+
+def test_a_closed_pipe_is_silent(tmp_path):
+    (tmp_path / "h.ini").write_text("".join(f"h{i} ansible_host=192.0.2.{i}\n"
+                                            for i in range(1, 200)))
+    r = subprocess.run(f"{sys.executable} -m pytest_kvm inventory -i h.ini --list | head -1",
+                       shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "{" and r.stderr == "", r.stderr

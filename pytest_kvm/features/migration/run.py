@@ -41,7 +41,8 @@ class Run:
     and checked by many tests: the variant's hops (see variants.VARIANTS), or for a failure
     path its attempt (see failures.attempt) and then a migration that must succeed. Guests
     come from ``start`` (the fixture's factory, whose scope stops every one of them, also
-    when ``execute()`` fails); ``close()`` removes the run's files on shared storage."""
+    when ``execute()`` fails); ``close()`` stops the last one (the guest the checks read) and
+    removes the run's files on shared storage."""
 
     def __init__(self, variant: str | Variant, src: Host, dst: Host, spec: GuestSpec,
                  start: StartGuest, shared_dir: str | None = None,
@@ -84,7 +85,7 @@ class Run:
         try:
             self._run()
         except BaseException as exc:
-            self.close()
+            self._release()  # (its guests are the factory's: its scope stops them at once)
             if isinstance(exc, KvmError) and self.shared_dir:
                 problem = shared_storage_works(self.src, self.dst, self.shared_dir)
                 if problem:  # the likelier cause, said first
@@ -219,8 +220,15 @@ class Run:
         return sorted(first.values())
 
     def close(self) -> None:
-        """The run's files on shared storage removed, its consoles closed (its guests are the
-        factory's: its scope stops them)."""
+        """After the checks: the last guest stopped (the one the checks read; the others
+        stopped as the hops went), then the run's files removed."""
+        guest = getattr(self, "guest", None)
+        if guest is not None:
+            guest.stop()
+        self._release()
+
+    def _release(self) -> None:
+        """The run's files on shared storage removed, its consoles closed."""
         self.watch.close()
         for host, path in self.cleanup:  # (storage that went away must not hide the error)
             try:

@@ -129,7 +129,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         names = [params.get("kvm_host"), *(params.get("kvm_pair") or ())]
-        reruns = max((session.inventory.hosts[n].config.reruns for n in names
-                      if n in session.inventory.hosts), default=0)
+        hosts = sorted({n for n in names if n in session.inventory.hosts})
+        if hosts:  # (-n N --dist loadgroup: a host's checks, and a pair's, on one worker)
+            item.add_marker(pytest.mark.xdist_group("+".join(hosts)))
+        reruns = max((session.inventory.hosts[n].config.reruns for n in hosts), default=0)
         if reruns and not item.get_closest_marker("flaky"):
             item.add_marker(pytest.mark.flaky(reruns=reruns, only_rerun=RERUN_ON))

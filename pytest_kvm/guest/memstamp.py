@@ -105,12 +105,15 @@ def install(guest: Guest, name: str = "memstamp") -> str:
     return path
 
 
-def start(guest: Guest, pages: int = 256, interval_ms: int = 100) -> MemStamp:
-    """Install and start the program over ``pages`` pages, a pass every ``interval_ms``."""
+def start(guest: Guest, pages: int = 256, interval_ms: int = 100, files: str = "") -> MemStamp:
+    """Install and start the program over ``pages`` pages, a pass every ``interval_ms`` (0:
+    one pass after the other, as fast as the guest writes memory: a dirtying load).
+    ``files``: a suffix for its log and status files (another instance beside the first)."""
     path = install(guest)
-    guest.sh(f"rm -f {LOG} {STATUS}; {path} {pages} {interval_ms} {STATUS} "
-             f"</dev/null >{LOG} 2>&1 &")
-    match = wait_until(lambda: START_RE.search(guest.sh(f"cat {LOG}; true")), 30,
+    log_, status = LOG + files, STATUS + files
+    guest.sh(f"rm -f {log_} {status}; {path} {pages} {interval_ms} {status} "
+             f"</dev/null >{log_} 2>&1 &")
+    match = wait_until(lambda: START_RE.search(guest.sh(f"cat {log_}; true")), 30,
                        f"{guest!r}: memstamp's start line", step=0.2)
     stamp = MemStamp(int(match.group(1)), int(match.group(2), 16), int(match.group(3)))
     log.info("%s/%s: memstamp pid %d stamps %d pages at %#x", guest.host.name,

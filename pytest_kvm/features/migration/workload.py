@@ -31,12 +31,6 @@ STAMP_MS = 200
 DIRTY_FILE = "/dev/shm/dirty"
 DIRTY = ("sh -c 'mkdir -p /dev/shm; while true; do dd if=/dev/urandom of=" + DIRTY_FILE + " "
          "bs=1M count={mib} 2>/dev/null; done' </dev/null >/dev/null 2>&1 &")
-# As fast as the guest copies memory: random bytes made once, then copied over and over (a
-# nested guest's /dev/urandom is slower than the lab's link; a copy is not). Random, so that
-# no page is a zero page QEMU sends for nothing.
-DIRTY_FAST = ("sh -c 'mkdir -p /dev/shm; dd if=/dev/urandom of=" + DIRTY_FILE + ".src bs=1M "
-              "count={mib} 2>/dev/null; while true; do cp " + DIRTY_FILE + ".src " + DIRTY_FILE
-              + "; done' </dev/null >/dev/null 2>&1 &")
 
 
 @dataclass
@@ -171,9 +165,14 @@ def counter_log(guest: Guest, after: int = 0) -> list[tuple[int, int, float]]:
 
 
 def start_dirtying(guest: Guest, mib: int = 64, fast: bool = False) -> int:
-    """Keep rewriting a tmpfs file: memory the migration has to send again and again (as
-    fast as the guest copies memory: ``fast``). Returns the loop's PID."""
-    out = guest.sh((DIRTY_FAST if fast else DIRTY).format(mib=mib) + " echo PKVM-DIRTY $!")
+    """Keep rewriting a tmpfs file: memory the migration has to send again and again; or
+    (``fast``) ``mib`` MiB rewritten as fast as the guest writes memory, by memstamp with no
+    pause between its passes (a nested guest's /dev/urandom, and even its cp, are slower
+    than the lab's link; its memory writes are not), every word non-zero. Returns the
+    load's PID."""
+    if fast:
+        return memstamp.start(guest, mib * 256, 0, files=".dirty").pid
+    out = guest.sh(DIRTY.format(mib=mib) + " echo PKVM-DIRTY $!")
     return int(re.search(r"PKVM-DIRTY (\d+)", out).group(1))
 
 
@@ -183,4 +182,4 @@ def stop_dirtying(guest: Guest, pid: int) -> None:
     children = (f"for f in /proc/[0-9]*/stat; do read -r p c s pp r < \"$f\" 2>/dev/null && "
                 f"[ \"$pp\" = {pid} ] && kill -KILL \"$p\"; done")  # (no pkill in busybox)
     guest.sh(f"kill -STOP {pid}; {children}; kill -KILL {pid}; sleep 0.2; "
-             f"rm -f {DIRTY_FILE} {DIRTY_FILE}.src; ! kill -0 {pid} 2>/dev/null")
+             f"rm -f {DIRTY_FILE}; ! kill -0 {pid} 2>/dev/null")

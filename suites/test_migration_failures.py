@@ -6,7 +6,7 @@ counter, the heartbeat and memstamp: cancel (migrate_cancel mid-precopy), destin
 lab's nested hosts their link interface goes down, elsewhere the stream's relay is frozen;
 restored once the failure is known), postcopy-recovery (the link cut in postcopy: both ends
 pause, the link comes back, migrate-recover and a resumed migrate finish it), no-convergence
-(a guest dirtying 16 MiB over and over behind an 8 MiB/s cap: the watchdog cancels it and
+(a guest rewriting 6 MiB at memory speed behind an 8 MiB/s cap: the watchdog cancels it and
 says why, with its figures) and destination-refuses (a destination of another machine type).
 Then the same guest migrates again, and must. After each: the failure says what happened; the
 guest runs where it should (the source after a precopy's failure, never paused there; the

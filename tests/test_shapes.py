@@ -69,3 +69,27 @@ def test_a_suite_no_host_runs_named_on_the_command_line_is_one_skip_saying_why(t
 def _module_of(suite: str) -> str:
     return {"virtio-data": "test_virtio_data.py", "virtio": "test_virtio.py::"}.get(
         suite, f"test_{suite}.py")
+
+
+GROUPS_PLUGIN = """
+def pytest_collection_finish(session):
+    for item in session.items:
+        mark = item.get_closest_marker("xdist_group")
+        print("GROUP", item.nodeid.split("::")[-1], mark.args[0] if mark else None)
+"""
+
+
+def test_each_check_is_grouped_by_the_hosts_it_uses(tmp_path):
+    """--dist loadgroup keeps a host's checks, and a pair's, on one worker: each check's
+    xdist_group names its hosts, sorted (both directions of a pair are one group)."""
+    (tmp_path / "showgroups.py").write_text(GROUPS_PLUGIN)
+    r = collect(tmp_path, "[a]\nlocalhost ansible_connection=local kvm_suites=virtio\n"
+                          "[b]\nkvm02 ansible_host=192.0.2.1 kvm_suites=migration\n"
+                          "kvm01 ansible_host=192.0.2.2 kvm_suites=migration\n"
+                          "[b:vars]\nkvm_migration_peer=kvm01\n", "-p", "showgroups")
+    groups = dict(line.split()[1:] for line in r.stdout.splitlines() if line.startswith("GROUP"))
+    assert groups, r.stdout[-2000:]
+    expected = {"[localhost": "localhost", "[kvm01-self": "kvm01", "[kvm02-to-kvm01": "kvm01+kvm02"}
+    for test, group in groups.items():
+        assert [g for prefix, g in expected.items() if prefix in test] == [group], (test, group)
+    assert set(groups.values()) == set(expected.values()), groups

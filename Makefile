@@ -13,7 +13,8 @@ setup:
 setup-report:
 	@bash scripts/setup.sh --with-report
 
-# Runs the KVM suites on the default inventory (the local machine); ARGS="-n 2" for xdist.
+# Runs the KVM suites on the default inventory (the local machine); ARGS="-n 2 --dist loadgroup"
+# for xdist.
 demo: setup
 	$(PYTEST) suites/ --hosts $(HOSTS) $(ARGS)
 

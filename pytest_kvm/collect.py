@@ -119,6 +119,18 @@ def suite_hosts(inventory, suite: registry.Suite | None) -> list[str]:
 RERUN_ON = [GuestDied, GuestCommandTimeout, QmpTimeout]
 
 
+def _group(item: pytest.Item, hosts: list[str], params: dict) -> str:
+    """The checks that share a module's guests: the module, its hosts and the values of its
+    module-wide parameters (a migration variant). Under ``-n N --dist loadgroup`` they run on
+    one worker, so that no two workers boot the same guests or run the same migration."""
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    shared = [str(value) for name, value in params.items()
+              if name not in ("kvm_host", "kvm_pair") and defs.get(name)
+              and defs[name][-1].scope in ("module", "package", "session")]
+    return ":".join([item.module.__name__.rsplit(".", 1)[-1], ">".join(hosts), *shared])
+
+
+@pytest.hookimpl(tryfirst=True)  # (before xdist's, which reads the xdist_group marks)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is None:
@@ -129,9 +141,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         names = [params.get("kvm_host"), *(params.get("kvm_pair") or ())]
-        hosts = sorted({n for n in names if n in session.inventory.hosts})
-        if hosts:  # (-n N --dist loadgroup: a host's checks, and a pair's, on one worker)
-            item.add_marker(pytest.mark.xdist_group("+".join(hosts)))
+        hosts = list(dict.fromkeys(n for n in names if n in session.inventory.hosts))
+        if hosts:
+            item.add_marker(pytest.mark.xdist_group(_group(item, hosts, params)))
         reruns = max((session.inventory.hosts[n].config.reruns for n in hosts), default=0)
         if reruns and not item.get_closest_marker("flaky"):
             item.add_marker(pytest.mark.flaky(reruns=reruns, only_rerun=RERUN_ON))

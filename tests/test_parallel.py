@@ -4,6 +4,7 @@ with and without pytest-xdist."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import subprocess
@@ -80,6 +81,11 @@ def outcomes(stdout: str) -> dict[str, str]:
                 re.finditer(r"^(PASSED|FAILED|SKIPPED|ERROR) (\S+)", stdout, re.M))
 
 
+def figure_ids(path: Path) -> set[tuple[str, str]]:
+    return {(test, name) for test, entry in json.loads(path.read_text())["tests"].items()
+            for name in entry["figures"]}
+
+
 def test_same_results_with_and_without_xdist(tmp_path):
     suites = Path(__file__).parent.parent / "suites"
     (tmp_path / "hosts.ini").write_text(
@@ -87,12 +93,18 @@ def test_same_results_with_and_without_xdist(tmp_path):
     args = ["--hosts", "hosts.ini", "-rA", str(suites / "test_virtio.py"),
             str(suites / "test_migration.py"), "-k", "virtio or shared or ping"]
     lease_dirs = set(glob.glob(os.path.join(tempfile.gettempdir(), "pytest-kvm-leases-*")))
-    serial = pytest_run([*args, "-n", "0"], tmp_path, timeout=600)
-    parallel = pytest_run([*args, "-n", "2"], tmp_path, timeout=600)
+    serial = pytest_run([*args, "-n", "0", "--kvm-figures", "serial.json"], tmp_path,
+                        timeout=600)
+    # (as .ci/run runs the suites: a variant's checks on one worker, its migration done once)
+    parallel = pytest_run([*args, "-n", "2", "--dist", "loadgroup", "--kvm-figures",
+                           "parallel.json"], tmp_path, timeout=600)
     assert serial.returncode == 0, serial.stdout[-2000:]
     assert parallel.returncode == 0, parallel.stdout[-2000:]
     assert outcomes(serial.stdout) == outcomes(parallel.stdout)
     assert len(outcomes(serial.stdout)) > 20
+    # the figures are keyed alike (compare matches a serial night against a parallel one)
+    ids = figure_ids(tmp_path / "serial.json")
+    assert ids and ids == figure_ids(tmp_path / "parallel.json")
     # the runs' lock files are gone with them
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "pytest-kvm-leases-*"))) \
         <= lease_dirs

@@ -79,9 +79,10 @@ def pytest_collection_finish(session):
 """
 
 
-def test_each_check_is_grouped_by_the_hosts_it_uses(tmp_path):
-    """--dist loadgroup keeps a host's checks, and a pair's, on one worker: each check's
-    xdist_group names its hosts, sorted (both directions of a pair are one group)."""
+def test_each_check_is_grouped_with_the_checks_that_share_its_guests(tmp_path):
+    """--dist loadgroup runs the checks that share a module's guests on one worker: each
+    check's xdist_group names its module, its host (or the pair, source first) and its
+    module-wide parameter (a migration variant), so no two workers run the same migration."""
     (tmp_path / "showgroups.py").write_text(GROUPS_PLUGIN)
     r = collect(tmp_path, "[a]\nlocalhost ansible_connection=local kvm_suites=virtio\n"
                           "[b]\nkvm02 ansible_host=192.0.2.1 kvm_suites=migration\n"
@@ -89,7 +90,25 @@ def test_each_check_is_grouped_by_the_hosts_it_uses(tmp_path):
                           "[b:vars]\nkvm_migration_peer=kvm01\n", "-p", "showgroups")
     groups = dict(line.split()[1:] for line in r.stdout.splitlines() if line.startswith("GROUP"))
     assert groups, r.stdout[-2000:]
-    expected = {"[localhost": "localhost", "[kvm01-self": "kvm01", "[kvm02-to-kvm01": "kvm01+kvm02"}
     for test, group in groups.items():
-        assert [g for prefix, g in expected.items() if prefix in test] == [group], (test, group)
-    assert set(groups.values()) == set(expected.values()), groups
+        name, param = test.rstrip("]").split("[")
+        module = "test_virtio" if "localhost" in param else next(
+            m for m in ("test_migration_failures", "test_migration")
+            if any(param.endswith("-" + v) for v in _variants(m)))
+        if param.startswith("localhost"):
+            want = f"{module}:localhost"
+        elif param.startswith("kvm01-self-"):
+            want = f"{module}:kvm01:{param.removeprefix('kvm01-self-')}"
+        else:
+            want = f"{module}:kvm02>kvm01:{param.removeprefix('kvm02-to-kvm01-')}"
+        assert group == want, (test, group, want)
+    assert len({g for g in groups.values() if ">" in g}) == len(registry_variants()), groups
+
+
+def _variants(module: str) -> list[str]:
+    from pytest_kvm.features.migration import variants
+    return variants.variant_names(failures=module.endswith("failures"))
+
+
+def registry_variants() -> list[str]:
+    return _variants("test_migration") + _variants("test_migration_failures")

@@ -5,6 +5,8 @@ where its hosts allow (kvm_reruns)."""
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
 
 import pytest
 
@@ -119,18 +121,43 @@ def suite_hosts(inventory, suite: registry.Suite | None) -> list[str]:
 RERUN_ON = [GuestDied, GuestCommandTimeout, QmpTimeout]
 
 
-def _group(item: pytest.Item, hosts: list[str], params: dict) -> str:
-    """The checks that share a module's guests: the module, its hosts and the values of its
-    module-wide parameters (a migration variant). Under ``-n N --dist loadgroup`` they run on
-    one worker, so that no two workers boot the same guests or run the same migration."""
-    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
-    shared = [str(value) for name, value in params.items()
-              if name not in ("kvm_host", "kvm_pair") and defs.get(name)
-              and defs[name][-1].scope in ("module", "package", "session")]
-    return ":".join([item.module.__name__.rsplit(".", 1)[-1], ">".join(hosts), *shared])
+def scope_of(nodeid: str, hosts: Iterable[str]) -> str:
+    """The checks that share a module's guests, as one scope of ``--dist loadgroup``: for a
+    pair's check the module and the whole id (the pair and its variant), for a host's the
+    module and the host; anything else its own (or its ``@group``, as xdist reads it)."""
+    path, _, name = nodeid.partition("::")
+    if nodeid.rfind("@") > nodeid.rfind("]"):
+        return nodeid.rsplit("@", 1)[1]
+    m = re.search(r"\[(.*)\]$", name)
+    if m is None:
+        return nodeid
+    param, names = m.group(1), sorted(hosts, key=len, reverse=True)
+    for a in names:
+        if param.startswith(f"{a}-self-") or any(param.startswith(f"{a}-to-{b}-")
+                                                  for b in names):
+            return f"{path}::{param}"
+    return next((f"{path}::{a}" for a in names if param == a or param.startswith(f"{a}-")),
+                nodeid)
 
 
-@pytest.hookimpl(tryfirst=True)  # (before xdist's, which reads the xdist_group marks)
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``--dist loadgroup``: a module's guests on one worker (a migration variant's checks
+    together, so no variant runs twice; xdist's own groups are lost under pytest 9.2)."""
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None or config.getoption("dist", None) != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    hosts = list(session.inventory.hosts)
+
+    class ByGuests(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return scope_of(nodeid, hosts)
+
+    return ByGuests(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is None:
@@ -141,9 +168,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         names = [params.get("kvm_host"), *(params.get("kvm_pair") or ())]
-        hosts = list(dict.fromkeys(n for n in names if n in session.inventory.hosts))
-        if hosts:
-            item.add_marker(pytest.mark.xdist_group(_group(item, hosts, params)))
+        hosts = [n for n in names if n in session.inventory.hosts]
         reruns = max((session.inventory.hosts[n].config.reruns for n in hosts), default=0)
         if reruns and not item.get_closest_marker("flaky"):
             item.add_marker(pytest.mark.flaky(reruns=reruns, only_rerun=RERUN_ON))

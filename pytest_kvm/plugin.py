@@ -17,6 +17,7 @@ from . import reporting
 from .collect import (  # noqa: F401
     pytest_collection_modifyitems,
     pytest_generate_tests,
+    pytest_xdist_make_scheduler,
 )
 from .errors import InventoryError, KvmError, escape_logs
 from .fixtures import (  # noqa: F401 - fixtures are registered by being here

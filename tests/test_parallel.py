@@ -96,12 +96,18 @@ def test_same_results_with_and_without_xdist(tmp_path):
     serial = pytest_run([*args, "-n", "0", "--kvm-figures", "serial.json"], tmp_path,
                         timeout=600)
     # (as .ci/run runs the suites: a variant's checks on one worker, its migration done once)
-    parallel = pytest_run([*args, "-n", "2", "--dist", "loadgroup", "--kvm-figures",
+    parallel = pytest_run([*args, "-n", "2", "--dist", "loadgroup", "-v", "--kvm-figures",
                            "parallel.json"], tmp_path, timeout=600)
     assert serial.returncode == 0, serial.stdout[-2000:]
     assert parallel.returncode == 0, parallel.stdout[-2000:]
     assert outcomes(serial.stdout) == outcomes(parallel.stdout)
     assert len(outcomes(serial.stdout)) > 20
+    # each migration variant ran on one worker (its migration once)
+    workers = {}
+    for gw, variant in re.findall(r"^\[(gw\d)\].*PASSED \S+test_migration\.py::\w+\[(\S+)\]",
+                                  parallel.stdout, re.M):
+        workers.setdefault(variant, set()).add(gw)
+    assert len(workers) >= 2 and all(len(w) == 1 for w in workers.values()), workers
     # the figures are keyed alike (compare matches a serial night against a parallel one)
     ids = figure_ids(tmp_path / "serial.json")
     assert ids and ids == figure_ids(tmp_path / "parallel.json")

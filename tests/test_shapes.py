@@ -71,44 +71,25 @@ def _module_of(suite: str) -> str:
         suite, f"test_{suite}.py")
 
 
-GROUPS_PLUGIN = """
-def pytest_collection_finish(session):
-    for item in session.items:
-        mark = item.get_closest_marker("xdist_group")
-        print("GROUP", item.nodeid.split("::")[-1], mark.args[0] if mark else None)
-"""
-
-
-def test_each_check_is_grouped_with_the_checks_that_share_its_guests(tmp_path):
-    """--dist loadgroup runs the checks that share a module's guests on one worker: each
-    check's xdist_group names its module, its host (or the pair, source first) and its
-    module-wide parameter (a migration variant), so no two workers run the same migration."""
-    (tmp_path / "showgroups.py").write_text(GROUPS_PLUGIN)
-    r = collect(tmp_path, "[a]\nlocalhost ansible_connection=local kvm_suites=virtio\n"
-                          "[b]\nkvm02 ansible_host=192.0.2.1 kvm_suites=migration\n"
-                          "kvm01 ansible_host=192.0.2.2 kvm_suites=migration\n"
-                          "[b:vars]\nkvm_migration_peer=kvm01\n", "-p", "showgroups")
-    groups = dict(line.split()[1:] for line in r.stdout.splitlines() if line.startswith("GROUP"))
-    assert groups, r.stdout[-2000:]
-    for test, group in groups.items():
-        name, param = test.rstrip("]").split("[")
-        module = "test_virtio" if "localhost" in param else next(
-            m for m in ("test_migration_failures", "test_migration")
-            if any(param.endswith("-" + v) for v in _variants(m)))
-        if param.startswith("localhost"):
-            want = f"{module}:localhost"
-        elif param.startswith("kvm01-self-"):
-            want = f"{module}:kvm01:{param.removeprefix('kvm01-self-')}"
-        else:
-            want = f"{module}:kvm02>kvm01:{param.removeprefix('kvm02-to-kvm01-')}"
-        assert group == want, (test, group, want)
-    assert len({g for g in groups.values() if ">" in g}) == len(registry_variants()), groups
-
-
-def _variants(module: str) -> list[str]:
-    from pytest_kvm.features.migration import variants
-    return variants.variant_names(failures=module.endswith("failures"))
-
-
-def registry_variants() -> list[str]:
-    return _variants("test_migration") + _variants("test_migration_failures")
+def test_a_modules_guests_are_one_scope_of_loadgroup():
+    """--dist loadgroup keeps the checks that share a module's guests on one worker: a pair's
+    check by its whole id (pair and variant), a host's by the host (the longest name that
+    fits), anything else by itself or the @group xdist appends."""
+    from pytest_kvm.collect import scope_of
+    hosts = ["lab1", "lab10", "lab2", "localhost", "a-to-b"]
+    cases = {
+        "s/test_migration.py::test_measured[lab2-to-lab1-xbzrle]":
+            "s/test_migration.py::lab2-to-lab1-xbzrle",
+        "s/test_migration.py::test_source_is_postmigrate[lab2-to-lab1-xbzrle]":
+            "s/test_migration.py::lab2-to-lab1-xbzrle",
+        "s/test_migration_failures.py::test_x[localhost-self-cancel]":
+            "s/test_migration_failures.py::localhost-self-cancel",
+        "s/test_virtio.py::test_driver_loaded[lab10-virtio_net]": "s/test_virtio.py::lab10",
+        "s/test_virtio.py::test_driver_loaded[lab1-virtio_blk]": "s/test_virtio.py::lab1",
+        "s/test_sriov.py::test_vfs[lab1-0000:01:00.0-one]": "s/test_sriov.py::lab1",
+        "s/test_virtio.py::test_driver_loaded[a-to-b-virtio_net]": "s/test_virtio.py::a-to-b",
+        "s/test_x.py::test_plain": "s/test_x.py::test_plain",
+        "s/test_x.py::test_p[other]": "s/test_x.py::test_p[other]",
+        "s/test_x.py::test_p[lab1]@mine": "mine",
+    }
+    assert {n: scope_of(n, hosts) for n in cases} == cases

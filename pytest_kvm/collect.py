@@ -38,7 +38,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         # One test per (source, destination): each host with its kvm_migration_peer, or
         # with itself (two QEMU processes on one host).
         pairs = [(n, session.inventory.hosts[n].config.migration_peer or n) for n in names]
-        ids = [f"{a}-to-{b}" if a != b else f"{a}-self" for a, b in pairs]
+        ids = [pair_id(a, b) for a, b in pairs]
         metafunc.parametrize("kvm_pair", pairs, ids=ids, indirect=True, scope="module")
         return
     if "kvm_pci" in metafunc.fixturenames and suite is not None and suite.devices:
@@ -121,6 +121,11 @@ def suite_hosts(inventory, suite: registry.Suite | None) -> list[str]:
 RERUN_ON = [GuestDied, GuestCommandTimeout, QmpTimeout]
 
 
+def pair_id(source: str, destination: str) -> str:
+    """A migration pair's test id: ``a-to-b``, or ``a-self`` for two QEMUs on one host."""
+    return f"{source}-to-{destination}" if source != destination else f"{source}-self"
+
+
 def scope_of(nodeid: str, hosts: Iterable[str]) -> str:
     """The checks that share a module's guests, as one scope of ``--dist loadgroup``: for a
     pair's check the module and the whole id (the pair and its variant), for a host's the
@@ -132,10 +137,8 @@ def scope_of(nodeid: str, hosts: Iterable[str]) -> str:
     if m is None:
         return nodeid
     param, names = m.group(1), sorted(hosts, key=len, reverse=True)
-    for a in names:
-        if param.startswith(f"{a}-self-") or any(param.startswith(f"{a}-to-{b}-")
-                                                  for b in names):
-            return f"{path}::{param}"
+    if any(param.startswith(pair_id(a, b) + "-") for a in names for b in names):
+        return f"{path}::{param}"
     return next((f"{path}::{a}" for a in names if param == a or param.startswith(f"{a}-")),
                 nodeid)
 
@@ -168,7 +171,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         names = [params.get("kvm_host"), *(params.get("kvm_pair") or ())]
-        hosts = [n for n in names if n in session.inventory.hosts]
-        reruns = max((session.inventory.hosts[n].config.reruns for n in hosts), default=0)
+        reruns = max((session.inventory.hosts[n].config.reruns for n in names
+                      if n in session.inventory.hosts), default=0)
         if reruns and not item.get_closest_marker("flaky"):
             item.add_marker(pytest.mark.flaky(reruns=reruns, only_rerun=RERUN_ON))
